@@ -1,0 +1,611 @@
+"""The per-loop bridge: the pipe reader, the handler registry and dispatch.
+
+One SignalBridge per event loop.  Its reader is the read end of the loop's own pipe
+(``loop.add_reader``); each wake-up drains the pipe and every pending record in one C
+call, turns the records into SignalEvents and dispatches each: handlers in registration
+order (a sync handler runs inline; an async handler's first step runs inline too, as an
+eagerly started task), then receivers (their bounded queues; a full one counts
+overflow, the reader never blocks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import signal
+import threading
+import types
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from . import _chain
+from ._eager import start_task
+from ._event import SignalEvent, make_event
+from ._native import (
+    DEFAULT_CAPACITY,
+    Subscription,
+    registry,
+    signal_name,
+    validate_signal,
+)
+from ._senders import Senders
+
+if TYPE_CHECKING:
+    from ._receiver import SignalReceiver
+
+Handler = Callable[[SignalEvent], Union[None, Awaitable[Any]]]
+Policy = Literal["concurrent", "serial", "latest"]
+_POLICIES = ("concurrent", "serial", "latest")
+
+_SIGNALS = {int(s): s for s in signal.Signals}
+
+
+@dataclass
+class SignalStats:
+    """Counters of one signal on one bridge (``bridge.stats()[sig]``).
+
+    * ``received``: deliveries that reached this bridge's storage;
+    * ``delivered``: events dispatched to at least one handler or receiver;
+    * ``coalesced``: deliveries of a standard signal folded into an earlier event;
+    * ``overflowed``: deliveries dropped because storage or a receiver's queue was full;
+    * ``filtered``: events a handler's ``senders`` filter refused (once per handler);
+    * ``forwarded``: process-wide, deliveries passed on to Python's own handler.
+
+    Read as attributes or as a mapping: ``st.received == st["received"]``.
+    """
+
+    received: int = 0
+    delivered: int = 0
+    coalesced: int = 0
+    overflowed: int = 0
+    filtered: int = 0
+    forwarded: int = 0
+
+    def __getitem__(self, key: str) -> int:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return int(getattr(self, key))
+
+
+class HandlerHandle:
+    """What :meth:`SignalBridge.add_handler` returns: call :meth:`remove` to
+    unregister (idempotent).  Also a context manager that removes on exit::
+
+        with bridge.add_handler(signal.SIGUSR1, on_usr1):
+            await serve()
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_bridge",
+        "active",
+        "consume",
+        "handler",
+        "interrupt",
+        "name",
+        "pending",
+        "policy",
+        "running",
+        "senders",
+        "signum",
+    )
+
+    def __init__(
+        self,
+        bridge: SignalBridge,
+        signum: int,
+        handler: Handler,
+        *,
+        interrupt: bool | asyncio.Task[Any],
+        consume: bool,
+        senders: Senders | None,
+        policy: Policy,
+    ) -> None:
+        self._bridge = bridge
+        self.signum: signal.Signals | int = _SIGNALS.get(signum, signum)
+        self.handler = handler
+        self.interrupt = interrupt
+        self.consume = consume
+        self.senders = senders
+        self.policy = policy
+        self.name = getattr(handler, "__qualname__", None) or repr(handler)
+        self.active = True
+        self.running: set[asyncio.Task[Any]] = set()
+        self.pending: deque[SignalEvent] = deque()
+
+    def remove(self) -> None:
+        """Unregister this handler.  Calling it again does nothing.
+
+        A run of the handler that already started is left to finish; events queued
+        for a ``policy="serial"`` handler are dropped.  When it was the last user of
+        the signal in the process, the signal's previous action is restored.
+        """
+        if self.active:
+            self._bridge._remove(self)
+
+    def __enter__(self) -> HandlerHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"<HandlerHandle {self.name} for {signal_name(self.signum)} ({state})>"
+
+
+class SignalBridge:
+    """Delivers signals into one event loop.  Get it with :func:`get_bridge`.
+
+    ::
+
+        bridge = asb.get_bridge()
+        h = bridge.add_handler(signal.SIGHUP, reload_config)
+        ...
+        await bridge.aclose()   # gives every signal back as it found it
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = DEFAULT_CAPACITY) -> None:
+        if loop.is_closed():
+            msg = "cannot bridge signals into a closed event loop; create the bridge first"
+            raise RuntimeError(msg)
+        self._loop = loop
+        self._sub = Subscription(capacity)
+        self._handlers: dict[int, tuple[HandlerHandle, ...]] = {}
+        self._receivers: dict[int, tuple[SignalReceiver, ...]] = {}
+        self._watch_count: dict[int, int] = {}
+        self._stats: dict[int, SignalStats] = {}
+        self._closed = False
+        self._thread = threading.get_ident()
+        self._closer: AsyncGenerator[None, None] | None = None
+        self.chain = _chain.FailureChain(loop)
+        try:
+            loop.add_reader(self._sub.read_fd, self._on_readable)
+        except BaseException:
+            self._sub.close()
+            raise
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this bridge delivers into."""
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`aclose` (or after the loop was closed or the process forked)."""
+        return self._closed
+
+    def add_handler(
+        self,
+        sig: int,
+        handler: Handler,
+        *,
+        interrupt: bool | asyncio.Task[Any] = False,
+        consume: bool = False,
+        senders: Senders | None = None,
+        policy: Policy = "concurrent",
+    ) -> HandlerHandle:
+        """Run ``handler(event)`` on every delivery of ``sig``.
+
+        ``handler`` is a plain function (called inline, in registration order) or an
+        ``async def`` function (started as a task whose code up to its first ``await``
+        runs inline, before the next handler).  Several handlers per signal are fine::
+
+            def on_usr1(ev: asb.SignalEvent) -> None:
+                print("SIGUSR1 from pid", ev.pid)
+
+            async def on_hup(ev: asb.SignalEvent) -> None:
+                await reload_config()
+
+            bridge.add_handler(signal.SIGUSR1, on_usr1)
+            h = bridge.add_handler(signal.SIGHUP, on_hup, policy="latest")
+            h.remove()
+
+        :param interrupt: ``True`` interrupts the task that was running when the signal
+            arrived (else the main task), or pass a Task to interrupt that one; the
+            handlers' failures are chained onto the exception it ends with.
+        :param consume: ``True``: Python's own handler for ``sig`` (e.g.
+            ``KeyboardInterrupt`` on SIGINT) is not run.
+        :param senders: a :class:`Senders` filter; events from others are dropped and
+            counted in ``stats()[sig].filtered``.
+        :param policy: for async handlers, what to do when the signal comes again while
+            a run is in progress: ``"concurrent"`` (start another), ``"serial"`` (queue
+            the event, one run at a time) or ``"latest"`` (cancel the run, start anew).
+        :raises TypeError: ``handler`` is not callable (or is a coroutine object).
+        :raises ValueError: ``sig`` cannot be handled (SIGKILL, SIGSTOP, faults, ...).
+        :raises RuntimeError: the bridge is closed.
+        """
+        self._check_open("add_handler")
+        signum = validate_signal(sig)
+        _check_handler(handler)
+        if not isinstance(consume, bool):
+            msg = f"consume must be True or False, not {consume!r}"
+            raise TypeError(msg)
+        if senders is not None and not isinstance(senders, Senders):
+            msg = (
+                f"senders must be an aiosigbridge.Senders (e.g. Senders(uids={{0}})) or None, "
+                f"not {type(senders).__name__}"
+            )
+            raise TypeError(msg)
+        if policy not in _POLICIES:
+            msg = f"policy must be one of {', '.join(map(repr, _POLICIES))}, not {policy!r}"
+            raise ValueError(msg)
+        if not (isinstance(interrupt, bool) or isinstance(interrupt, asyncio.Task)):
+            msg = f"interrupt must be True, False or an asyncio.Task, not {interrupt!r}"
+            raise TypeError(msg)
+        h = HandlerHandle(
+            self,
+            signum,
+            handler,
+            interrupt=interrupt,
+            consume=consume,
+            senders=senders,
+            policy=policy,
+        )
+        self._watch(signum, consume=consume, interrupt=interrupt is not False)
+        self._handlers[signum] = (*self._handlers.get(signum, ()), h)
+        registry.replaced()
+        return h
+
+    def stats(self) -> dict[signal.Signals | int, SignalStats]:
+        """Counters for every signal this bridge has seen or watches::
+
+            st = bridge.stats()[signal.SIGUSR1]
+            print(st.received, st.delivered, st.coalesced, st.overflowed)
+        """
+        out: dict[signal.Signals | int, SignalStats] = {}
+        for sig in sorted(set(self._stats) | set(self._watch_count)):
+            mine = self._stats.get(sig, SignalStats())
+            st = SignalStats(
+                delivered=mine.delivered, filtered=mine.filtered, overflowed=mine.overflowed
+            )
+            if not self._sub.closed:
+                received, overflowed, forwarded, coalesced = self._sub.counters(sig)
+                st.received = received
+                st.overflowed += overflowed
+                st.forwarded = forwarded
+                st.coalesced = coalesced
+            out[_SIGNALS.get(sig, sig)] = st
+        return out
+
+    def check(self) -> tuple[signal.Signals | int, ...]:
+        """The bridged signals whose action was replaced behind the bridge's back
+        (``signal.signal()``, ``loop.add_signal_handler()``), with a
+        :class:`SignalReplacedWarning` the first time each is found."""
+        return tuple(_SIGNALS.get(s, s) for s in registry.replaced() if s in self._watch_count)
+
+    async def aclose(self) -> None:
+        """Remove every handler and receiver, cancel runs still in progress (and wait
+        for them), stop reading and give every signal back as it was found, unless
+        another bridge still uses it.  Calling it again does nothing."""
+        if self._closed:
+            return
+        tasks = self._shutdown()
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_storage()
+
+    def close(self) -> None:
+        """Synchronous :meth:`aclose` for callbacks and loop teardown: runs in progress
+        are cancelled but not waited for."""
+        if self._closed:
+            return
+        self._shutdown()
+        self._close_storage()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        sigs = ", ".join(signal_name(s) for s in sorted(self._watch_count))
+        return f"<SignalBridge {state} [{sigs}] loop={self._loop!r}>"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            msg = (
+                f"{what}() on a closed SignalBridge (aclose() was called, the loop was "
+                "closed, or the process forked); call aiosigbridge.get_bridge() for a new one"
+            )
+            raise RuntimeError(msg)
+        if self._loop.is_closed():
+            self.close()
+            msg = f"{what}(): the bridge's event loop is closed"
+            raise RuntimeError(msg)
+
+    def _watch(self, signum: int, *, consume: bool = False, interrupt: bool = False) -> None:
+        registry.acquire(signum, consume=consume, interrupt=interrupt)
+        try:
+            n = self._watch_count.get(signum, 0)
+            if n == 0:
+                self._sub.watch(signum, True)
+            self._watch_count[signum] = n + 1
+        except BaseException:
+            registry.release(signum, consume=consume, interrupt=interrupt)
+            raise
+
+    def _unwatch(self, signum: int, *, consume: bool = False, interrupt: bool = False) -> None:
+        n = self._watch_count.get(signum, 0) - 1
+        if n <= 0:
+            self._watch_count.pop(signum, None)
+            if not self._sub.closed:
+                self._sub.watch(signum, False)
+        else:
+            self._watch_count[signum] = n
+        registry.release(signum, consume=consume, interrupt=interrupt)
+
+    def _remove(self, h: HandlerHandle) -> None:
+        h.active = False
+        h.pending.clear()
+        regs = tuple(r for r in self._handlers.get(int(h.signum), ()) if r is not h)
+        if regs:
+            self._handlers[int(h.signum)] = regs
+        else:
+            self._handlers.pop(int(h.signum), None)
+        self._unwatch(int(h.signum), consume=h.consume, interrupt=h.interrupt is not False)
+
+    def _add_receiver(self, rx: SignalReceiver) -> None:
+        self._check_open("open_receiver")
+        done: list[int] = []
+        try:
+            for s in rx.signums:
+                self._watch(int(s))
+                done.append(int(s))
+        except BaseException:
+            for s in done:
+                self._unwatch(s)
+            raise
+        for s in rx.signums:
+            self._receivers[int(s)] = (*self._receivers.get(int(s), ()), rx)
+
+    def _remove_receiver(self, rx: SignalReceiver) -> None:
+        for s in rx.signums:
+            rxs = tuple(r for r in self._receivers.get(int(s), ()) if r is not rx)
+            if len(rxs) == len(self._receivers.get(int(s), ())):
+                continue
+            if rxs:
+                self._receivers[int(s)] = rxs
+            else:
+                self._receivers.pop(int(s), None)
+            self._unwatch(int(s))
+
+    def _shutdown(self) -> list[asyncio.Task[Any]]:
+        self._closed = True
+        tasks: list[asyncio.Task[Any]] = []
+        for regs in list(self._handlers.values()):
+            for h in regs:
+                tasks.extend(h.running)
+                if h.active:
+                    self._remove(h)
+        for rxs in list(self._receivers.values()):
+            for rx in rxs:
+                rx._bridge_closed()
+        for t in tasks:
+            t.cancel("aiosigbridge: the bridge was closed")
+        _forget(self)
+        return tasks
+
+    def _close_storage(self) -> None:
+        for s in list(self._watch_count):  # receivers still registered
+            while s in self._watch_count:
+                self._unwatch(s)
+        if not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sub.read_fd)
+        self._sub.close()
+        if self._closer is not None:
+            # Finish the loop-shutdown hook now, so that nothing is left for the loop
+            # (or the garbage collector) to finalize later.
+            closer, self._closer = self._closer, None
+            with contextlib.suppress(StopIteration, RuntimeError):
+                closer.aclose().send(None)
+
+    def _forked(self) -> None:
+        self._closed = True
+        for regs in self._handlers.values():
+            for h in regs:
+                h.active = False
+        self._handlers.clear()
+        self._receivers.clear()
+        self._watch_count.clear()
+
+    def _on_readable(self) -> None:
+        if self._sub.closed:
+            return
+        for rec in self._sub.drain():
+            self._dispatch(make_event(*rec))
+        if registry.signals:
+            registry.quick_check()
+
+    def _dispatch(self, ev: SignalEvent) -> None:
+        sig = int(ev.signum)
+        st = self._stats.get(sig)
+        if st is None:
+            st = self._stats[sig] = SignalStats()
+        delivered = False
+        for h in self._handlers.get(sig, ()):
+            if not h.active:
+                continue
+            if h.senders is not None and not h.senders.accepts(ev):
+                st.filtered += 1
+                continue
+            delivered = True
+            self._run(h, ev)
+        for rx in self._receivers.get(sig, ()):
+            delivered = True
+            if not rx._put(ev):
+                st.overflowed += 1
+        if delivered:
+            st.delivered += 1
+
+    def _run(self, h: HandlerHandle, ev: SignalEvent) -> None:
+        if h.running:
+            if h.policy == "serial":
+                h.pending.append(ev)
+                return
+            if h.policy == "latest":
+                for t in h.running:
+                    t.cancel(f"aiosigbridge: superseded by a newer {ev.name}")
+        try:
+            result = h.handler(ev)
+        except Exception as exc:
+            self.chain.failed(h, ev, exc)
+            return
+        if result is None:
+            return
+        if type(result) is not types.CoroutineType:
+            if not inspect.isawaitable(result):
+                return
+            result = _await(result)
+        task = start_task(self._loop, result, f"aiosigbridge:{h.name}:{ev.name}")
+        if task.done():
+            self._task_done(h, ev, task)
+            return
+        h.running.add(task)
+        task.add_done_callback(lambda t: self._task_done(h, ev, t))
+
+    def _task_done(self, h: HandlerHandle, ev: SignalEvent, task: asyncio.Task[Any]) -> None:
+        h.running.discard(task)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self.chain.failed(h, ev, exc)
+        if h.pending and h.active and not h.running and not self._closed:
+            self._run(h, h.pending.popleft())
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+def _check_handler(handler: object) -> None:
+    if inspect.iscoroutine(handler) or inspect.isawaitable(handler):
+        msg = (
+            f"handler must be a function, got the awaitable {handler!r}: pass the async "
+            "function itself (add_handler(sig, on_signal)), not on_signal(...)"
+        )
+        raise TypeError(msg)
+    if not callable(handler):
+        msg = (
+            f"handler must be callable as handler(event), got {type(handler).__name__} "
+            f"{handler!r}"
+        )
+        raise TypeError(msg)
+
+
+# -- one bridge per loop ---------------------------------------------------------------
+
+_bridges: dict[asyncio.AbstractEventLoop, SignalBridge] = {}
+_bridges_lock = threading.Lock()
+
+
+def _forget(bridge: SignalBridge) -> None:
+    with _bridges_lock:
+        if _bridges.get(bridge.loop) is bridge:
+            del _bridges[bridge.loop]
+
+
+def get_bridge(
+    loop: asyncio.AbstractEventLoop | None = None, *, capacity: int | None = None
+) -> SignalBridge:
+    """The bridge of ``loop`` (default: the running loop), created on first use.
+
+    ::
+
+        async def main() -> None:
+            bridge = asb.get_bridge()
+            bridge.add_handler(signal.SIGTERM, on_term)
+
+    The bridge closes itself when the loop shuts down its async generators
+    (``asyncio.run()`` and ``asyncio.Runner`` do), or call :meth:`SignalBridge.aclose`.
+
+    :param capacity: records kept per subscriber for queued (realtime) signals before
+        further ones are counted as overflow (default 1024); only used on creation.
+    :raises RuntimeError: no running loop and none given, or the loop is closed.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            msg = (
+                "get_bridge() needs an event loop: call it from a coroutine (e.g. inside "
+                "asyncio.run(main())) or pass the loop: get_bridge(loop)"
+            )
+            raise RuntimeError(msg) from None
+    if loop.is_closed():
+        msg = "get_bridge(): the event loop is closed; bridge a loop before closing it"
+        raise RuntimeError(msg)
+    with _bridges_lock:
+        bridge = _bridges.get(loop)
+        if bridge is not None and not bridge.closed:
+            return bridge
+        for other in [b for lp, b in _bridges.items() if lp.is_closed()]:
+            other.close()  # loops closed without shutting down their async generators
+        bridge = SignalBridge(loop, DEFAULT_CAPACITY if capacity is None else capacity)
+        _bridges[loop] = bridge
+    bridge._closer = _install_closer(bridge)
+    return bridge
+
+
+def _install_closer(bridge: SignalBridge) -> AsyncGenerator[None, None] | None:
+    """Tie the bridge's life to the loop's: an async generator the loop finalizes in
+    ``shutdown_asyncgens()``.  Only possible from inside the running loop."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if running is not bridge.loop:
+        return None
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            bridge.close()
+
+    agen = closer()
+    step: Coroutine[Any, Any, None] = agen.asend(None)  # type: ignore[assignment]
+    try:
+        step.send(None)
+    except StopIteration:
+        return agen
+    return agen  # pragma: no cover - the generator always stops at its yield
+
+
+def add_handler(
+    sig: int,
+    handler: Handler,
+    *,
+    interrupt: bool | asyncio.Task[Any] = False,
+    consume: bool = False,
+    senders: Senders | None = None,
+    policy: Policy = "concurrent",
+) -> HandlerHandle:
+    """:meth:`SignalBridge.add_handler` on the running loop's bridge::
+
+        asb.add_handler(signal.SIGHUP, reload_config)
+    """
+    return get_bridge().add_handler(
+        sig, handler, interrupt=interrupt, consume=consume, senders=senders, policy=policy
+    )
+
+
+def _after_fork_child() -> None:
+    global _bridges_lock
+    _bridges_lock = threading.Lock()  # another thread may have held it at fork()
+    with contextlib.suppress(Exception):
+        for b in list(_bridges.values()):
+            b._forked()
+    _bridges.clear()
+
+
+import os as _os  # noqa: E402
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_child)

@@ -1,0 +1,122 @@
+"""Start a coroutine as a task whose first step runs now, on every supported Python.
+
+``loop.create_task()`` runs nothing until the next loop iteration; a signal handler
+that starts there is one iteration late and, worse, runs after the handlers registered
+after it.  Python 3.12 added ``Task(..., eager_start=True)``.  On 3.10 and 3.11 we do
+the same by hand: create the task around a small wrapper, run the coroutine's first
+step with the task entered as the current task (so ``asyncio.current_task()`` and
+``asyncio.timeout()`` work before the first ``await``), and let the wrapper hand the
+task whatever that step yielded when the task takes its first real step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextvars
+import sys
+from collections.abc import Coroutine, Generator
+from types import FrameType
+from typing import Any
+
+__all__ = ["start_task"]
+
+
+def start_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str
+) -> asyncio.Task[Any]:
+    """Wrap ``coro`` in a task and run it up to its first suspension, now."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+    return _start_task_by_hand(loop, coro, name)  # pragma: no cover - 3.10/3.11 only
+
+
+class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """The coroutine a by-hand eager task runs: replays the eager first step's outcome,
+    then delegates to the real coroutine."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+        # For asyncio's task repr: the real coroutine's names.
+        self.__name__ = getattr(coro, "__name__", type(coro).__name__)
+        self.__qualname__ = getattr(coro, "__qualname__", self.__name__)
+        self._started = False
+        self._state = "running"  # after the eager step: "suspended", "returned", "raised"
+        self._first: Any = None
+        self._result: Any = None
+        self._exc: BaseException | None = None
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            if self._state == "returned":
+                raise StopIteration(self._result)
+            if self._state == "raised":
+                assert self._exc is not None
+                exc, self._exc = self._exc, None
+                raise exc
+            return self._first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if not self._started:
+            self._started = True
+            # Cancelled before the task's first step: the future the eager step is
+            # waiting on would have been the task's _fut_waiter, cancel it as Task does.
+            first = self._first
+            if isinstance(first, asyncio.Future) and not first.done():
+                first.cancel()
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - legacy signature
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:  # pragma: no cover - never awaited
+        msg = "internal eager-start wrapper is not awaitable"
+        raise TypeError(msg)
+
+    # What asyncio's task repr and get_stack() read from a coroutine.
+    @property
+    def cr_frame(self) -> FrameType | None:
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coro, "cr_await", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coro, "cr_running", False))
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coro, "cr_code", None)
+
+
+def _start_task_by_hand(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str
+) -> asyncio.Task[Any]:
+    wrapper = _Resume(coro)
+    ctx = contextvars.copy_context()
+    if sys.version_info >= (3, 11):
+        task = loop.create_task(wrapper, name=name, context=ctx)
+    else:
+        task = loop.create_task(wrapper, name=name)
+        ctx = getattr(task, "_context", ctx)
+    enter = asyncio.tasks._enter_task  # type: ignore[attr-defined]
+    leave = asyncio.tasks._leave_task  # type: ignore[attr-defined]
+    enter(loop, task)
+    try:
+        wrapper._first = ctx.run(coro.send, None)
+        wrapper._state = "suspended"
+    except StopIteration as stop:
+        wrapper._state = "returned"
+        wrapper._result = stop.value
+    except BaseException as exc:  # the task reports it, as an eager Task would
+        wrapper._state = "raised"
+        wrapper._exc = exc
+    finally:
+        leave(loop, task)
+    return task

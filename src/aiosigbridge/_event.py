@@ -1,0 +1,85 @@
+"""SignalEvent: one signal delivery as the C handler recorded it."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import NamedTuple
+
+from ._native import CLD_CODES, SI_QUEUE, signal_name
+
+
+class SignalEvent(NamedTuple):
+    """One delivery of a signal (or, for a standard signal, ``coalesced`` of them).
+
+    Built from the record the C handler wrote when the signal arrived, so the sender's
+    identity and the time are the kernel's, not the time Python got round to it::
+
+        async def on_hup(ev: asb.SignalEvent) -> None:
+            print(f"{ev.name} from pid {ev.pid} (uid {ev.uid}), "
+                  f"{ev.age_ns() / 1000:.0f} us ago")
+
+    Fields:
+
+    * ``signum``: a :class:`signal.Signals` member where the number has one (the realtime
+      range does: ``SIGRTMIN`` ... ``SIGRTMAX``), else the plain ``int``.
+    * ``code``: ``si_code``: ``SI_USER`` (kill), ``SI_QUEUE`` (sigqueue), ``SI_TKILL``
+      (pthread_kill), ``SI_KERNEL``, ``CLD_EXITED``, ... (see the ``SI_*`` constants).
+    * ``pid``, ``uid``: the sender (0 where the kernel sent it).
+    * ``value``: the integer a ``sigqueue()`` carried, ``None`` for other senders.
+    * ``status``: for ``SIGCHLD`` the child's exit status or signal, else ``None``.
+    * ``timestamp_ns``: ``CLOCK_MONOTONIC`` (the clock of :func:`time.monotonic_ns`) when
+      the C handler ran.
+    * ``coalesced``: how many deliveries of a standard signal this event stands for
+      (always 1 for realtime signals, which the kernel queues one by one).
+    """
+
+    signum: signal.Signals | int
+    code: int
+    pid: int
+    uid: int
+    value: int | None
+    status: int | None
+    timestamp_ns: int
+    coalesced: int = 1
+
+    @property
+    def name(self) -> str:
+        """The signal's name: ``"SIGHUP"``, ``"SIGRTMIN+3"``."""
+        return signal_name(self.signum)
+
+    @property
+    def queued(self) -> bool:
+        """True when the sender used ``sigqueue()`` (and ``value`` is set)."""
+        return self.code == SI_QUEUE
+
+    def age_ns(self) -> int:
+        """Nanoseconds since the C handler recorded this event."""
+        return time.monotonic_ns() - self.timestamp_ns
+
+
+_SIGNALS = {int(s): s for s in signal.Signals}
+_SIGCHLD = int(getattr(signal, "SIGCHLD", 0))
+
+
+def make_event(
+    timestamp_ns: int,
+    value: int,
+    signum: int,
+    code: int,
+    pid: int,
+    uid: int,
+    status: int,
+    coalesced: int,
+) -> SignalEvent:
+    """Turn one C record (the field order of ``sb_record``) into a SignalEvent."""
+    return SignalEvent(
+        _SIGNALS.get(signum, signum),
+        code,
+        pid,
+        uid,
+        value if code == SI_QUEUE else None,
+        status if signum == _SIGCHLD and code in CLD_CODES else None,
+        timestamp_ns,
+        coalesced,
+    )
