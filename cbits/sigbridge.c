@@ -301,6 +301,19 @@ int sb_disposition(int sig, uintptr_t *handler, int *flags)
 
 int sb_is_installed(int sig) { return valid_sig(sig) && atomic_load(&g_installed[sig]); }
 
+/* Keep the current C action across a call that would change it (signal.signal() when
+ * only Python's table needs fixing): put_back == 0 saves it, 1 re-applies it. */
+static struct sigaction g_stash[SB_NSIG];
+
+int sb_stash(int sig, int put_back)
+{
+    if (!valid_sig(sig))
+        return -EINVAL;
+    if (put_back ? sigaction(sig, &g_stash[sig], NULL) : sigaction(sig, NULL, &g_stash[sig]))
+        return -errno;
+    return 0;
+}
+
 /* Remember the action to give back; chain to it if it is a foreign C handler, i.e. a
  * handler that is neither ours nor CPython's (`python_handler`, 0 if unknown: then no
  * handler is taken for foreign, as calling CPython's twice would double its effects).

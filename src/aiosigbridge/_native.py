@@ -314,6 +314,13 @@ class Registry:
             if now is not st.python_original and not st.warned:
                 _warn_replaced(sig, stacklevel=4)
             lib.sb_restore(sig, 1)
+            if now is BRIDGED and _in_main_thread():
+                # C code replaced it (libuv does for SIGCHLD): put Python's table back
+                # without touching the C action that is now someone else's.
+                original = st.python_original
+                check(lib.sb_stash(sig, 0), "sigaction")
+                signal.signal(sig, original if original is not None else signal.SIG_DFL)
+                check(lib.sb_stash(sig, 1), "sigaction")
             return
         if st.marker:
             if _in_main_thread():
