@@ -341,7 +341,8 @@ async def test_several_loops_in_threads_each_receive() -> None:
     assert len(results) == len(factories)
     for ev in results.values():
         assert isinstance(ev, asb.SignalEvent), ev
-        assert ev.signum is SIG and ev.pid == os.getpid()
+        assert ev.signum is SIG
+        assert ev.pid == os.getpid()
 
 
 async def test_handler_failure_goes_to_exception_handler(
@@ -539,8 +540,8 @@ async def test_signal_signal_after_bridge_warns_at_next_drain() -> None:
     bridge.add_handler(SIG, got)
     signal.signal(SIG2, signal.SIG_IGN)
     try:
+        os.kill(os.getpid(), SIG)
         with pytest.warns(asb.SignalReplacedWarning, match="SIGUSR2"):
-            os.kill(os.getpid(), SIG)
             await got.wait(1)
     finally:
         await bridge.aclose()  # warned once already: quiet now

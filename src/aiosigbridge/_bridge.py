@@ -17,9 +17,9 @@ import signal
 import threading
 import types
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _chain
 from ._eager import start_task
@@ -36,7 +36,7 @@ from ._senders import Senders
 if TYPE_CHECKING:
     from ._receiver import SignalReceiver
 
-Handler = Callable[[SignalEvent], Union[None, Awaitable[Any]]]
+Handler = Callable[[SignalEvent], Awaitable[Any] | None]
 Policy = Literal["concurrent", "serial", "latest"]
 _POLICIES = ("concurrent", "serial", "latest")
 
@@ -235,7 +235,7 @@ class SignalBridge:
         if policy not in _POLICIES:
             msg = f"policy must be one of {', '.join(map(repr, _POLICIES))}, not {policy!r}"
             raise ValueError(msg)
-        if not (isinstance(interrupt, bool) or isinstance(interrupt, asyncio.Task)):
+        if not isinstance(interrupt, (bool, asyncio.Task)):
             msg = f"interrupt must be True, False or an asyncio.Task, not {interrupt!r}"
             raise TypeError(msg)
         h = HandlerHandle(
@@ -255,8 +255,8 @@ class SignalBridge:
     def stats(self) -> dict[signal.Signals | int, SignalStats]:
         """Counters for every signal this bridge has seen or watches::
 
-            st = bridge.stats()[signal.SIGUSR1]
-            print(st.received, st.delivered, st.coalesced, st.overflowed)
+        st = bridge.stats()[signal.SIGUSR1]
+        print(st.received, st.delivered, st.coalesced, st.overflowed)
         """
         out: dict[signal.Signals | int, SignalStats] = {}
         for sig in sorted(set(self._stats) | set(self._watch_count)):
@@ -493,8 +493,7 @@ def _check_handler(handler: object) -> None:
         raise TypeError(msg)
     if not callable(handler):
         msg = (
-            f"handler must be callable as handler(event), got {type(handler).__name__} "
-            f"{handler!r}"
+            f"handler must be callable as handler(event), got {type(handler).__name__} {handler!r}"
         )
         raise TypeError(msg)
 
@@ -570,7 +569,7 @@ def _install_closer(bridge: SignalBridge) -> AsyncGenerator[None, None] | None:
             bridge.close()
 
     agen = closer()
-    step: Coroutine[Any, Any, None] = agen.asend(None)  # type: ignore[assignment]
+    step = agen.asend(None)
     try:
         step.send(None)
     except StopIteration:
@@ -589,7 +588,7 @@ def add_handler(
 ) -> HandlerHandle:
     """:meth:`SignalBridge.add_handler` on the running loop's bridge::
 
-        asb.add_handler(signal.SIGHUP, reload_config)
+    asb.add_handler(signal.SIGHUP, reload_config)
     """
     return get_bridge().add_handler(
         sig, handler, interrupt=interrupt, consume=consume, senders=senders, policy=policy

@@ -105,8 +105,8 @@ def _start_task_by_hand(
     else:
         task = loop.create_task(wrapper, name=name)
         ctx = getattr(task, "_context", ctx)
-    enter = asyncio.tasks._enter_task  # type: ignore[attr-defined]
-    leave = asyncio.tasks._leave_task  # type: ignore[attr-defined]
+    enter = asyncio.tasks._enter_task
+    leave = asyncio.tasks._leave_task
     enter(loop, task)
     try:
         wrapper._first = ctx.run(coro.send, None)

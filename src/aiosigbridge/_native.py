@@ -21,6 +21,7 @@ Giving a signal back restores Python's table, then the exact C action saved firs
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -100,9 +101,17 @@ def signal_name(sig: int) -> str:
         name = signal.Signals(sig).name
     except ValueError:
         name = ""
-    if RTMIN is not None and RTMAX is not None and RTMIN <= sig <= RTMAX:
-        if name not in ("SIGRTMIN", "SIGRTMAX"):
-            return f"SIGRTMIN+{sig - RTMIN}"
+    if (
+        RTMIN is not None
+        and RTMAX is not None
+        and RTMIN <= sig <= RTMAX
+        and name
+        not in (
+            "SIGRTMIN",
+            "SIGRTMAX",
+        )
+    ):
+        return f"SIGRTMIN+{sig - RTMIN}"
     return name or f"signal {int(sig)}"
 
 
@@ -222,7 +231,7 @@ def _in_main_thread() -> bool:
 
 
 def _is_python_callable(h: object) -> bool:
-    return callable(h) and h is not BRIDGED
+    return callable(h) and not isinstance(h, _Bridged)
 
 
 class Registry:
@@ -276,13 +285,10 @@ class Registry:
                 "process's registry does not know it (a second copy of the extension?)"
             )
             raise RuntimeError(msg)
-        if self._python_c_handler:
-            python_handler = self._python_c_handler
-        else:
-            # Unknown yet: if Python's table holds a callable, the C action is most
-            # likely CPython's (never chain to it: its effects would double); if not,
-            # a handler there is foreign.
-            python_handler = addr if _is_python_callable(py) else 1
+        # CPython's own C handler is never chained to (its effects would double).  Not
+        # known yet: if Python's table holds a callable, the C action is most likely
+        # CPython's; if not, a handler there is foreign.
+        python_handler = self._python_c_handler or (addr if _is_python_callable(py) else 1)
         chained = bool(check(lib.sb_save_original(sig, python_handler), "sigaction"))
         marker = False
         try:
@@ -396,10 +402,8 @@ class Registry:
             sub.forked()
         self.subscriptions.clear()
         for sig in list(self.signals):
-            try:
+            with contextlib.suppress(Exception):  # nothing to report to in a fresh child
                 self._uninstall(sig)
-            except Exception:  # pragma: no cover - nothing to report to in a fresh child
-                pass
         self._stale_python.clear()
 
 

@@ -21,9 +21,7 @@ class SignalReceiver:
     :func:`open_receiver`.  Iterate it from one task at a time."""
 
     def __init__(self, signums: tuple[int, ...], maxsize: int) -> None:
-        self.signums: tuple[signal.Signals | int, ...] = tuple(
-            _SIGNALS.get(s, s) for s in signums
-        )
+        self.signums: tuple[signal.Signals | int, ...] = tuple(_SIGNALS.get(s, s) for s in signums)
         self.maxsize = maxsize
         self.overflowed = 0
         self._queue: deque[SignalEvent] = deque()
