@@ -51,16 +51,15 @@ def receiver(loop_kind: str, kind: str) -> None:
     sig = _sig(kind)
     loop = C.new_loop(loop_kind)
     asyncio.set_event_loop(loop)
-    state = {"events": 0, "coalesced_sum": 0, "first": 0, "last": 0}
+    state = {"events": 0, "coalesced_sum": 0}
+    times: list[int] = []
     mono = time.monotonic_ns
 
     def on_sig(ev: Any) -> None:
         t = mono()
         state["events"] += 1
         state["coalesced_sum"] += ev.coalesced
-        if not state["first"]:
-            state["first"] = t
-        state["last"] = t
+        times.append(t)
 
     # Dispatch capacity, measured apart from the storm (whose signal deliveries preempt
     # the loop thread and would inflate any timing): sigqueue() BURST realtime signals to
@@ -110,7 +109,8 @@ def receiver(loop_kind: str, kind: str) -> None:
         loop.add_reader(0, on_stdin)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         C.ready()
-        sent = int((await line).split()[1])
+        _, sent_s, start_s, end_s = (await line).split()[:4]
+        sent, start, end = int(sent_s), int(start_s), int(end_s)
         loop.remove_reader(0)
         # Let the loop finish what is pending: until the counts add up or nothing moves.
         deadline = time.monotonic() + 5
@@ -136,7 +136,9 @@ def receiver(loop_kind: str, kind: str) -> None:
             "coalesced": st.coalesced,
             "events": state["events"],
             "coalesced_sum": state["coalesced_sum"],
-            "span_s": (state["last"] - state["first"]) / 1e9,
+            # dispatched while the senders were sending, and the window's length
+            "events_in_storm": sum(1 for t in times if start <= t <= end),
+            "storm_s": (end - start) / 1e9,
             "cpu_s": cpu,
             "dispatch_capacity_per_s": cap,
         }
@@ -164,6 +166,7 @@ def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
     if recv.stdout.readline().strip() != "READY":
         recv.kill()
         return {"error": "receiver did not start"}
+    t_start = time.monotonic_ns()  # the senders start now (give or take their exec)
     senders = [
         subprocess.Popen(
             [str(C.C_FLOOR), "storm", str(recv.pid), str(_sig(kind)), str(duration_ms),
@@ -180,7 +183,8 @@ def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
         a, b = (int(x) for x in o.split()[:2])
         sent += a
         eagain += b
-    recv.stdin.write(f"DONE {sent}\n")
+    t_end = time.monotonic_ns()
+    recv.stdin.write(f"DONE {sent} {t_start} {t_end}\n")
     recv.stdin.flush()
     r_out, _ = recv.communicate(timeout=60)
     res: dict[str, Any] = {}
@@ -192,7 +196,7 @@ def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
     res["eagain"] = eagain
     res["senders"] = SENDERS
     res["duration_s"] = duration_ms / 1000
-    res["events_per_s"] = res["events"] / res["span_s"] if res["span_s"] > 0 else 0.0
+    res["events_per_s"] = res["events_in_storm"] / res["storm_s"] if res["storm_s"] > 0 else 0.0
     res["events_per_cpu_s"] = res["events"] / res["cpu_s"] if res["cpu_s"] > 0 else 0.0
     res["cpu_us_per_signal"] = res["cpu_s"] * 1e6 / max(res["received"], 1)
     if kind == "rt":

@@ -1,0 +1,377 @@
+"""Run every benchmark question and write the comparison.
+
+    python benchmarks/run_all.py            # full: `make bench`, about 2 minutes
+    python benchmarks/run_all.py --quick    # smoke test: `make bench-quick`, CI
+
+Prints a markdown report (tables with ratios to the C floor and to stock asyncio's
+plain callback, and the issue's targets as PASS/MISS; a missed target never fails the
+run) and writes benchmarks/out/results.md, results.json and latency.png.  Progress goes
+to stderr.  Each question is also a script of its own (bench_*.py, ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import _common as C
+import bench_busy
+import bench_fanout
+import bench_latency
+import bench_memory
+import bench_storm
+
+QUESTIONS = {
+    "latency": bench_latency,
+    "busy": bench_busy,
+    "storm": bench_storm,
+    "fanout": bench_fanout,
+    "memory": bench_memory,
+}
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+# -- tables -----------------------------------------------------------------------------
+
+
+def latency_md(lat: dict[str, Any]) -> list[str]:
+    out = []
+    for scen, res in lat.items():
+        floor = res.get("c/floor", {}).get("lat", {})
+        stock = res.get("asyncio/stock-cb", {}).get("lat", {})
+        out += [
+            f"\n### Latency, kill() → handler start, {scen} (µs)\n",
+            "| target | n | p50 | p90 | p99 | p99.9 | max | p50 / floor | p99 / floor "
+            "| p50 / asyncio cb | p99 / asyncio cb |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in res.items():
+            if name.endswith("-split"):
+                continue
+            if "lat" not in r:
+                out.append(f"| {name} | error: {r.get('error')} |||||||||")
+                continue
+            s = r["lat"]
+            out.append(
+                f"| {name} | {s['n']} | {_f(s['p50'])} | {_f(s['p90'])} | {_f(s['p99'])} "
+                f"| {_f(s['p99.9'])} | {_f(s['max'])} "
+                f"| {_x(C.ratio(s['p50'], floor.get('p50')))} "
+                f"| {_x(C.ratio(s['p99'], floor.get('p99')))} "
+                f"| {_x(C.ratio(s['p50'], stock.get('p50')))} "
+                f"| {_x(C.ratio(s['p99'], stock.get('p99')))} |"
+            )
+    return out
+
+
+def split_md(lat: dict[str, Any]) -> list[str]:
+    out = [
+        "\n### In-process split from `ev.timestamp_ns` (µs, p50 / p99)\n",
+        "| scenario | target | kill() → C handler | C handler → reader callback "
+        "| reader callback → handler | C handler → handler |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for scen, res in lat.items():
+        for name, r in res.items():
+            sp = r.get("split")
+            if not sp:
+                continue
+
+            def cell(key: str, sp: dict[str, Any] = sp) -> str:
+                s = sp.get(key)
+                return f"{_f(s['p50'])} / {_f(s['p99'])}" if s else "-"
+
+            out.append(
+                f"| {scen} | {name} | {cell('kill->C handler')} | {cell('C handler->reader')} "
+                f"| {cell('reader->handler')} | {cell('C handler->handler')} |"
+            )
+    return out
+
+
+def busy_md(busy: dict[str, Any]) -> list[str]:
+    out = [
+        "\n### Busy loop: a task burns CPU in 50 ms chunks, same CPU (ms)\n",
+        "| target | n | p50 | p99 | max | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, r in busy.items():
+        if "lat" in r:
+            s = r["lat"]
+            note = ""
+            if "interrupted" in r:
+                note = (
+                    f"{r['interrupted']} interrupted ({r.get('exception', '?')}), "
+                    f"{r['not_interrupted']} not"
+                )
+            out.append(
+                f"| {name} | {s['n']} | {_f(s['p50'] / 1000, 3)} | {_f(s['p99'] / 1000, 3)} "
+                f"| {_f(s['max'] / 1000, 3)} | {note} |"
+            )
+        else:
+            why = r.get("unavailable") or r.get("error")
+            out.append(f"| {name} | - | - | - | - | **not available**: {why} |")
+    return out
+
+
+def storm_md(storm: dict[str, Any]) -> list[str]:
+    out = [
+        f"\n### Storm: {bench_storm.SENDERS} sender processes, as fast as they can\n",
+        "| loop/kind | sent | received (C) | events | overflowed | coalesced | lost "
+        "| events/s during storm | receiver CPU µs/signal | dispatch capacity events/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in storm.items():
+        if "error" in r:
+            out.append(f"| {name} | error: {r['error']} |||||||||")
+            continue
+        cap = _f(r["dispatch_capacity_per_s"], 0) if r["dispatch_capacity_per_s"] else "-"
+        cpu = _f(r["cpu_us_per_signal"], 2) if name.endswith("/rt") else "-"
+        out.append(
+            f"| {name} | {r['sent']} | {r['received']} | {r['events']} | {r['overflowed']} "
+            f"| {r['coalesced'] if name.endswith('/std') else r['coalesced_sum'] - r['events']} "
+            f"| {r['lost']} | {_f(r['events_per_s'], 0)} | {cpu} | {cap} |"
+        )
+    return out
+
+
+def fanout_md(fan: dict[str, Any]) -> list[str]:
+    out = [
+        "\n### Fan-out: N loops in threads, coroutine handler each, same CPU (µs)\n",
+        "| loop/N | all woken p50 | all woken p99 | first p50 | vs 1 loop p50 | vs 1 loop p99 "
+        "| CPU µs/signal |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in fan.items():
+        if "error" in r:
+            out.append(f"| {name} | error: {r['error']} ||||||")
+            continue
+        one = fan.get(name.split("/")[0] + "/1", {}).get("lat_all", {})
+        a = r["lat_all"]
+        out.append(
+            f"| {name} | {_f(a['p50'])} | {_f(a['p99'])} | {_f(r['lat_first']['p50'])} "
+            f"| {_x(C.ratio(a['p50'], one.get('p50')))} "
+            f"| {_x(C.ratio(a['p99'], one.get('p99')))} | {_f(r['cpu_us_per_signal'])} |"
+        )
+    return out
+
+
+def memory_md(mem: dict[str, Any]) -> list[str]:
+    out = [
+        "\n### Memory\n",
+        "| loop | RSS KiB / bridge | Python B / bridge | RSS B / handler | Python B / handler "
+        "| C allocations / signal | malloc calls / signal (whole path) "
+        "| Python B retained / signal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, r in mem.items():
+        if "error" in r:
+            out.append(f"| {kind} | error: {r['error']} |||||||")
+            continue
+        c = max(r["c_allocs_per_signal_std"], r["c_allocs_per_signal_rt"])
+        out.append(
+            f"| {kind} | {_f(r['rss_per_bridge'] / 1024)} | {_f(r['py_bytes_per_bridge'], 0)} "
+            f"| {_f(r['rss_per_handler'], 0)} | {_f(r['py_bytes_per_handler'], 0)} "
+            f"| {_f(c, 3)} | {_f(r['malloc_calls_per_signal_full_path'], 3)} "
+            f"| {_f(r['py_bytes_retained_per_signal'], 2)} |"
+        )
+    return out
+
+
+# -- targets ----------------------------------------------------------------------------
+
+
+def targets(res: dict[str, Any], loops: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and PASS/MISS."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: str, ok: bool | None) -> None:
+        verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
+        out.append({"target": name, "measured": measured, "result": verdict})
+
+    same = res.get("latency", {}).get("same-cpu", {})
+
+    def lat(key: str) -> dict[str, float]:
+        return same.get(key, {}).get("lat", {})
+
+    floor, stock = lat("c/floor"), lat("asyncio/stock-cb")
+    for kind in loops:
+        coro, rx = lat(f"{kind}/asb-coro"), lat(f"{kind}/asb-rx")
+        if coro and floor:
+            r50, r99 = coro["p50"] / floor["p50"], coro["p99"] / floor["p99"]
+            add(f"{kind}: coroutine handler ≤ 2.5x / 3x C floor (p50 / p99)",
+                f"{r50:.2f}x / {r99:.2f}x", r50 <= 2.5 and r99 <= 3.0)  # fmt: skip
+        if coro and stock:
+            r50, r99 = coro["p50"] / stock["p50"], coro["p99"] / stock["p99"]
+            add(f"{kind}: coroutine handler ≤ 0.5x stock asyncio callback (p50 / p99)",
+                f"{r50:.2f}x / {r99:.2f}x", r50 <= 0.5 and r99 <= 0.5)  # fmt: skip
+        if coro and rx:
+            r50, r99 = rx["p50"] / coro["p50"], rx["p99"] / coro["p99"]
+            add(f"{kind}: receiver within 1.2x of coroutine handler (p50 / p99)",
+                f"{r50:.2f}x / {r99:.2f}x", r50 <= 1.2 and r99 <= 1.2)  # fmt: skip
+        b = res.get("busy", {}).get(f"{kind}/asb-interrupt")
+        if b is not None:
+            if "lat" in b:
+                p99 = b["lat"]["p99"] / 1000
+                add(f"{kind}: busy loop, interrupt reaches the hogging task ≤ 0.2 ms p99",
+                    f"{p99:.3f} ms", p99 <= 0.2)  # fmt: skip
+            else:
+                add(f"{kind}: busy loop, interrupt reaches the hogging task ≤ 0.2 ms p99",
+                    "not available (interrupt=True not implemented yet)", False)  # fmt: skip
+        st = res.get("storm", {}).get(f"{kind}/rt")
+        if st and "error" not in st:
+            add(f"{kind}: realtime storm, 0 lost (sent == delivered + overflowed)",
+                f"{st['lost']} lost of {st['sent']}", st["lost"] == 0)  # fmt: skip
+            add(f"{kind}: realtime storm ≥ 50k events/s dispatched",
+                f"{st['events_per_s']:.0f}/s during the storm "
+                f"(capacity {st['dispatch_capacity_per_s']:.0f}/s)",
+                st["events_per_s"] >= 50_000)  # fmt: skip
+        ss = res.get("storm", {}).get(f"{kind}/std")
+        if ss and "error" not in ss:
+            add(f"{kind}: standard storm, every C delivery accounted (Σ coalesced == received)",
+                f"{ss['lost']} unaccounted of {ss['received']}", ss["lost"] == 0)  # fmt: skip
+        fan = res.get("fanout", {})
+        one, eight = fan.get(f"{kind}/1", {}), fan.get(f"{kind}/8", {})
+        if "lat_all" in one and "lat_all" in eight:
+            r50 = eight["lat_all"]["p50"] / one["lat_all"]["p50"]
+            r99 = eight["lat_all"]["p99"] / one["lat_all"]["p99"]
+            add(f"{kind}: 8-loop fan-out ≤ 1.5x one loop (p50 / p99)",
+                f"{r50:.2f}x / {r99:.2f}x", r50 <= 1.5 and r99 <= 1.5)  # fmt: skip
+        m = res.get("memory", {}).get(kind, {})
+        if "rss_per_bridge" in m:
+            kib = m["rss_per_bridge"] / 1024
+            add(f"{kind}: ≤ 64 KiB per bridge", f"{kib:.1f} KiB", kib <= 64)
+            c = max(m["c_allocs_per_signal_std"], m["c_allocs_per_signal_rt"])
+            add(f"{kind}: no allocation per signal in C", f"{c:.3f} allocations/signal",
+                c == 0)  # fmt: skip
+    return out
+
+
+def targets_md(tg: list[dict[str, Any]]) -> list[str]:
+    out = ["\n### Targets (same CPU)\n", "| target | measured | result |", "|---|---|:-:|"]
+    out += [f"| {t['target']} | {t['measured']} | **{t['result']}** |" for t in tg]
+    return out
+
+
+# -- plot -------------------------------------------------------------------------------
+
+
+def plot(lat: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scens = list(lat)
+    fig, axes = plt.subplots(1, len(scens), figsize=(7 * len(scens), 6.5), squeeze=False)
+    for ax, scen in zip(axes[0], scens, strict=True):
+        res = lat[scen]
+        names = [n for n, r in res.items() if "lat" in r and not n.endswith("-split")]
+        p50 = [res[n]["lat"]["p50"] for n in names]
+        p99 = [res[n]["lat"]["p99"] for n in names]
+        colors = [
+            "#555555" if n.startswith(("c/", "python/"))
+            else "#4c72b0" if "stock" in n
+            else "#dd8452" if n.startswith("asyncio/")
+            else "#55a868"
+            for n in names
+        ]  # fmt: skip
+        y = list(range(len(names)))[::-1]
+        ax.barh(y, p99, color=colors, alpha=0.35, label="p99")
+        ax.barh(y, p50, color=colors, label="p50")
+        for yi, a, b in zip(y, p50, p99, strict=True):
+            ax.text(b * 1.05, yi, f"{a:.0f} / {b:.0f}", va="center", fontsize=8)
+        ax.set_yticks(y)
+        ax.set_yticklabels(names, fontsize=9)
+        ax.set_xscale("log")
+        floor = res.get("c/floor", {}).get("lat", {}).get("p50")
+        if floor:
+            ax.axvline(floor, color="k", ls=":", lw=1)
+            ax.axvline(2.5 * floor, color="r", ls="--", lw=1, label="2.5x floor p50 (target)")
+        ax.set_xlabel("µs from kill() to handler start (log); labels: p50 / p99")
+        ax.set_title(f"{scen}: solid p50, light p99")
+        ax.set_xlim(right=max(p99) * 4)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(axis="x", which="both", alpha=0.3)
+    fig.suptitle("aiosigbridge signal latency (stock: loop.add_signal_handler)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def report(res: dict[str, Any], loops: tuple[str, ...], quick: bool, wall: float) -> str:
+    m = res["machine"]
+    lines = [
+        f"## aiosigbridge benchmarks ({'quick' if quick else 'full'} mode, {wall:.0f} s)\n",
+        f"{m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}, "
+        f"{m['implementation']} {m['python']}, uvloop {m['uvloop']}",
+    ]
+    if "latency" in res:
+        lines += latency_md(res["latency"]) + split_md(res["latency"])
+    if "busy" in res:
+        lines += busy_md(res["busy"])
+    if "storm" in res:
+        lines += storm_md(res["storm"])
+    if "fanout" in res:
+        lines += fanout_md(res["fanout"])
+    if "memory" in res:
+        lines += memory_md(res["memory"])
+    lines += targets_md(res["targets"])
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few signals: a smoke test")
+    ap.add_argument("--loop", default="both", choices=("asyncio", "uvloop", "both"))
+    ap.add_argument("--only", action="append", choices=tuple(QUESTIONS),
+                    help="run only this question (repeatable)")  # fmt: skip
+    args = ap.parse_args()
+    loops = C.LOOPS if args.loop == "both" else (args.loop,)
+    t_start = time.monotonic()
+    C.progress(f"building helpers into {C.OUT}")
+    C.build_helpers()
+    res: dict[str, Any] = {"machine": C.machine_info(), "quick": args.quick}
+    for name, mod in QUESTIONS.items():
+        if args.only and name not in args.only:
+            continue
+        t = time.monotonic()
+        try:
+            res[name] = mod.run(quick=args.quick, loops=loops)
+        except Exception as exc:  # one broken question must not hide the others
+            C.progress(f"{name} FAILED: {exc!r}")
+            res[name] = {"error": repr(exc)}
+        C.progress(f"{name} done in {time.monotonic() - t:.1f} s")
+    res["targets"] = targets(res, loops)
+    wall = time.monotonic() - t_start
+    res["wall_s"] = wall
+    text = report(res, loops, args.quick, wall)
+    C.OUT.mkdir(exist_ok=True)
+    (C.OUT / "results.md").write_text(text)
+    (C.OUT / "results.json").write_text(json.dumps(res, indent=1))
+    if "latency" in res and "error" not in res["latency"]:
+        try:
+            plot(res["latency"], str(C.OUT / "latency.png"))
+        except Exception as exc:
+            C.progress(f"plot failed: {exc!r}")
+    print(text)
+    C.progress(f"wrote {C.OUT}/results.md, results.json, latency.png in {wall:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
