@@ -42,10 +42,12 @@ SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 AIOSIGBRIDGE_CFLAGS="$SAN_FLAGS" AIOSIGBRIDGE_LDFLAGS="-fsanitize=address,undefined" \
     "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation \
     --force-reinstall --no-deps --no-cache-dir "$ROOT"
+# Located without importing the package (that would load the instrumented .so before
+# LD_PRELOAD is set, which ASan refuses).
 SO="$("$PY" - <<'EOF'
 import importlib.util, pathlib
-spec = importlib.util.find_spec("aiosigbridge._sigbridge")
-print(spec.origin)
+spec = importlib.util.find_spec("aiosigbridge")
+print(next(pathlib.Path(spec.origin).parent.glob("_sigbridge*.so")))
 EOF
 )"
 case "$SO" in
