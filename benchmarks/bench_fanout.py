@@ -29,7 +29,7 @@ LOOP_COUNTS = (1, 2, 4, 8)
 
 
 def counts(quick: bool) -> tuple[int, int]:
-    return (150, 30) if quick else (1500, 200)
+    return (150, 30) if quick else (3000, 200)
 
 
 # -- receiver process -------------------------------------------------------------------
