@@ -156,7 +156,8 @@ class LoopThread:
             left = asyncio.all_tasks(loop)
             for t in left:
                 t.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
         except BaseException:
             self.error = traceback.format_exc()

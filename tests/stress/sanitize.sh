@@ -131,7 +131,9 @@ else
     rc=$?
     set -e
     secs=$(($(date +%s) - t0))
-    errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$VG_LOG" | tail -1 | grep -Eo '[0-9]+$' || echo "?")
+    # One summary per process (the workload forks): add them up.
+    errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$VG_LOG" | grep -Eo '[0-9]+$' | paste -sd+ | bc)
+    [ -n "$errors" ] || errors="?"
     ours=$(grep -cE 'sigbridge|_sigbridge' "$VG_LOG" || true)
     grep -E 'ERROR SUMMARY|suppressed' "$VG_LOG" | tail -3
     if [ "$rc" -ne 0 ] || [ "$errors" != "0" ]; then
