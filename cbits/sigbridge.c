@@ -31,6 +31,8 @@
  *   write                     async-signal-safe; the fd is O_NONBLOCK, EAGAIN ignored
  *   PyErr_SetInterruptEx      documented by CPython as safe to call from a signal
  *                             handler (it only sets atomics and writes the wakeup fd)
+ *   sigaction                 async-signal-safe; only to give back SIG_DFL after the
+ *                             number of deliveries set with sb_reset_after()
  *   C11 atomics               lock-free, checked at compile time and by sb_lock_free()
  *   the chained handler       whatever was installed before us; calling it is what the
  *                             kernel would have done
@@ -101,6 +103,10 @@ static int g_have_original[SB_NSIG];
 static struct sigaction g_original[SB_NSIG];
 static _Atomic uint64_t g_received[SB_NSIG];
 static _Atomic uint64_t g_forwarded[SB_NSIG];
+/* sb_reset_after(): after this many more deliveries the handler itself puts back
+ * SIG_DFL, so that a process stuck in C code (no Python can run) still dies. */
+static _Atomic int g_reset_after[SB_NSIG];
+static struct sigaction g_default_action;
 
 /* async-signal-safe: clock_gettime. */
 static int64_t now_ns(void)
@@ -241,6 +247,14 @@ static void sb_handler(int sig, siginfo_t *info, void *uctx)
             prev->sa_handler(sig);
     }
 
+    /* Escalation (asb.run(): a third shutdown signal kills): sigaction is
+     * async-signal-safe and g_default_action was filled in by sb_init(). */
+    if (atomic_load_explicit(&g_reset_after[sig], memory_order_relaxed) > 0 &&
+        atomic_fetch_sub_explicit(&g_reset_after[sig], 1, memory_order_acq_rel) == 1) {
+        atomic_store_explicit(&g_forward[sig], 0, memory_order_relaxed);
+        sigaction(sig, &g_default_action, NULL);
+    }
+
     /* 5. errno restored. */
     errno = saved_errno;
 }
@@ -261,6 +275,17 @@ int sb_init(void)
     g_rtmax = SIGRTMAX;
 #endif
     atomic_store(&g_owner_pid, (int)getpid());
+    memset(&g_default_action, 0, sizeof g_default_action);
+    g_default_action.sa_handler = SIG_DFL;
+    sigemptyset(&g_default_action.sa_mask);
+    return 0;
+}
+
+int sb_reset_after(int sig, int deliveries)
+{
+    if (!valid_sig(sig) || deliveries < 0)
+        return -EINVAL;
+    atomic_store(&g_reset_after[sig], deliveries);
     return 0;
 }
 
@@ -396,6 +421,7 @@ int sb_restore(int sig, int only_if_ours)
     atomic_store(&g_installed[sig], 0);
     atomic_store(&g_forward[sig], 0);
     atomic_store(&g_chain[sig], 0);
+    atomic_store(&g_reset_after[sig], 0);
     g_have_original[sig] = 0;
     return replaced && only_if_ours ? 1 : 0;
 }

@@ -67,6 +67,7 @@ int sb_restore(int sig, int only_if_ours);
 int sb_disposition(int sig, uintptr_t *handler, int *flags);
 int sb_is_installed(int sig);
 int sb_stash(int sig, int put_back);
+int sb_reset_after(int sig, int deliveries);
 
 int sb_subscribe(uint32_t capacity, int *read_fd);
 int sb_unsubscribe(int slot);

@@ -28,6 +28,8 @@ from ._bridge import SignalBridge as SignalBridge
 from ._bridge import SignalStats as SignalStats
 from ._bridge import add_handler as add_handler
 from ._bridge import get_bridge as get_bridge
+from ._diagnostics import TaskDump as TaskDump
+from ._diagnostics import enable_task_dump as enable_task_dump
 from ._event import SignalEvent as SignalEvent
 from ._native import BRIDGED as BRIDGED
 from ._native import CLD_CODES as CLD_CODES
@@ -40,6 +42,7 @@ from ._native import SignalReplacedWarning as SignalReplacedWarning
 from ._native import sigqueue as sigqueue
 from ._receiver import SignalReceiver as SignalReceiver
 from ._receiver import open_receiver as open_receiver
+from ._runner import run as run
 from ._senders import Senders as Senders
 
 __version__ = "0.1.0"
@@ -59,8 +62,11 @@ __all__ = (
     "SignalReceiver",
     "SignalReplacedWarning",
     "SignalStats",
+    "TaskDump",
     "add_handler",
+    "enable_task_dump",
     "get_bridge",
     "open_receiver",
+    "run",
     "sigqueue",
 )

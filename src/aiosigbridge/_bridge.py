@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import signal
 import threading
@@ -28,6 +29,7 @@ from ._native import (
     DEFAULT_CAPACITY,
     Subscription,
     registry,
+    set_python_hook,
     signal_name,
     validate_signal,
 )
@@ -114,7 +116,7 @@ class HandlerHandle:
         self.name = getattr(handler, "__qualname__", None) or repr(handler)
         self.active = True
         self.running: set[asyncio.Task[Any]] = set()
-        self.pending: deque[SignalEvent] = deque()
+        self.pending: deque[tuple[SignalEvent, list[_chain.Interruption] | None]] = deque()
 
     def remove(self) -> None:
         """Unregister this handler.  Calling it again does nothing.
@@ -162,6 +164,15 @@ class SignalBridge:
         self._thread = threading.get_ident()
         self._closer: AsyncGenerator[None, None] | None = None
         self.chain = _chain.FailureChain(loop)
+        self._interrupting: dict[int, int] = {}  # signal -> interrupt registrations
+        self._pending_interrupts: dict[int, tuple[list[_chain.Interruption], set[int]]] = {}
+        self._interruptions: deque[_chain.Interruption] = deque(maxlen=64)  # recent ones
+        #: The task ``interrupt=True`` interrupts when no task is running at the signal:
+        #: the task run() runs, else the task in which the bridge was created.
+        self.main_task: asyncio.Task[Any] | None = None
+        #: Seconds handlers of an interrupting signal may go on after the interrupted
+        #: task ended, before they are cancelled and reported as TimeoutError.
+        self.handler_timeout: float = 5.0
         try:
             loop.add_reader(self._sub.read_fd, self._on_readable)
         except BaseException:
@@ -249,6 +260,8 @@ class SignalBridge:
         )
         self._watch(signum, consume=consume, interrupt=interrupt is not False)
         self._handlers[signum] = (*self._handlers.get(signum, ()), h)
+        if interrupt is not False:
+            self._interrupting[signum] = self._interrupting.get(signum, 0) + 1
         registry.replaced()
         return h
 
@@ -348,6 +361,12 @@ class SignalBridge:
             self._handlers[int(h.signum)] = regs
         else:
             self._handlers.pop(int(h.signum), None)
+        if h.interrupt is not False:
+            n = self._interrupting.get(int(h.signum), 0) - 1
+            if n > 0:
+                self._interrupting[int(h.signum)] = n
+            else:
+                self._interrupting.pop(int(h.signum), None)
         self._unwatch(int(h.signum), consume=h.consume, interrupt=h.interrupt is not False)
 
     def _add_receiver(self, rx: SignalReceiver) -> None:
@@ -428,15 +447,17 @@ class SignalBridge:
         st = self._stats.get(sig)
         if st is None:
             st = self._stats[sig] = SignalStats()
+        regs = self._handlers.get(sig, ())
+        recs = self._interrupt(sig, ev, regs) if sig in self._interrupting else None
         delivered = False
-        for h in self._handlers.get(sig, ()):
+        for h in regs:
             if not h.active:
                 continue
             if h.senders is not None and not h.senders.accepts(ev):
                 st.filtered += 1
                 continue
             delivered = True
-            self._run(h, ev)
+            self._run(h, ev, recs)
         for rx in self._receivers.get(sig, ()):
             delivered = True
             if not rx._put(ev):
@@ -444,10 +465,85 @@ class SignalBridge:
         if delivered:
             st.delivered += 1
 
-    def _run(self, h: HandlerHandle, ev: SignalEvent) -> None:
+    # -- interrupts -----------------------------------------------------------------------
+
+    def _target_of(
+        self, h: HandlerHandle, current: asyncio.Task[Any] | None
+    ) -> asyncio.Task[Any] | None:
+        if isinstance(h.interrupt, asyncio.Task):
+            return h.interrupt
+        return current or self.main_task
+
+    def _python_signal(self, sig: int) -> None:
+        """Python's own handler for ``sig`` ran in the main thread (BRIDGED): interrupt
+        now.  The task running right now is interrupted by raising CancelledError in
+        it, which reaches code that never awaits; other targets are cancelled at
+        dispatch, which follows within microseconds."""
+        regs = [
+            h
+            for h in self._handlers.get(sig, ())
+            if h.active and h.interrupt is not False and h.senders is None
+        ]
+        if not regs:
+            return
+        current = asyncio.current_task(self._loop)
+        pending, handled = self._pending_interrupts.setdefault(sig, ([], set()))
+        seen = {id(r.target) for r in pending}
+        to_raise: BaseException | None = None
+        for h in regs:
+            handled.add(id(h))
+            target = self._target_of(h, current)
+            if target is None or target.done() or id(target) in seen:
+                continue
+            seen.add(id(target))
+            raised = None
+            if target is current:
+                raised = to_raise = asyncio.CancelledError(
+                    f"aiosigbridge: interrupted by {signal_name(sig)}"
+                )
+            rec = _chain.Interruption(self._loop, target, sig, self.handler_timeout, raised)
+            pending.append(rec)
+            self._interruptions.append(rec)
+        if to_raise is not None:
+            raise to_raise
+
+    def _interrupt(
+        self, sig: int, ev: SignalEvent, regs: tuple[HandlerHandle, ...]
+    ) -> list[_chain.Interruption] | None:
+        # Registrations the Python-level hook already handled for this delivery (it
+        # knew which task was running) are not handled again.
+        recs, handled = self._pending_interrupts.pop(sig, ([], set()))
+        seen = {id(r.target) for r in recs}
+        for h in regs:
+            if not h.active or h.interrupt is False or id(h) in handled:
+                continue
+            if h.senders is not None and not h.senders.accepts(ev):
+                continue
+            target = self._target_of(h, None)
+            if target is None or target.done() or id(target) in seen:
+                continue
+            seen.add(id(target))
+            rec = _chain.Interruption(self._loop, target, sig, self.handler_timeout)
+            recs.append(rec)
+            self._interruptions.append(rec)
+        for rec in recs:
+            rec.bind(ev)
+            if rec.raised is None:
+                rec.target.cancel(rec.message())
+            else:
+                _chain.add_note(
+                    rec.raised, f"aiosigbridge: {ev.name} was sent by pid {ev.pid}, uid {ev.uid}"
+                )
+        return recs or None
+
+    # -- running handlers -------------------------------------------------------------
+
+    def _run(
+        self, h: HandlerHandle, ev: SignalEvent, recs: list[_chain.Interruption] | None
+    ) -> None:
         if h.running:
             if h.policy == "serial":
-                h.pending.append(ev)
+                h.pending.append((ev, recs))
                 return
             if h.policy == "latest":
                 for t in h.running:
@@ -455,7 +551,7 @@ class SignalBridge:
         try:
             result = h.handler(ev)
         except Exception as exc:
-            self.chain.failed(h, ev, exc)
+            self.chain.failed(h, ev, exc, recs)
             return
         if result is None:
             return
@@ -464,20 +560,33 @@ class SignalBridge:
                 return
             result = _await(result)
         task = start_task(self._loop, result, f"aiosigbridge:{h.name}:{ev.name}")
+        if recs:
+            for rec in recs:
+                rec.track(task, h)
         if task.done():
-            self._task_done(h, ev, task)
+            self._task_done(h, ev, recs, task)
             return
         h.running.add(task)
-        task.add_done_callback(lambda t: self._task_done(h, ev, t))
+        task.add_done_callback(functools.partial(self._task_done, h, ev, recs))
 
-    def _task_done(self, h: HandlerHandle, ev: SignalEvent, task: asyncio.Task[Any]) -> None:
+    def _task_done(
+        self,
+        h: HandlerHandle,
+        ev: SignalEvent,
+        recs: list[_chain.Interruption] | None,
+        task: asyncio.Task[Any],
+    ) -> None:
         h.running.discard(task)
         if not task.cancelled():
             exc = task.exception()
             if exc is not None:
-                self.chain.failed(h, ev, exc)
+                self.chain.failed(h, ev, exc, recs)
+        if recs:
+            for rec in recs:
+                rec.done(task)
         if h.pending and h.active and not h.running and not self._closed:
-            self._run(h, h.pending.popleft())
+            next_ev, next_recs = h.pending.popleft()
+            self._run(h, next_ev, next_recs)
 
 
 async def _await(aw: Awaitable[Any]) -> Any:
@@ -548,6 +657,9 @@ def get_bridge(
             other.close()  # loops closed without shutting down their async generators
         bridge = SignalBridge(loop, DEFAULT_CAPACITY if capacity is None else capacity)
         _bridges[loop] = bridge
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:
+                bridge.main_task = asyncio.current_task()
     bridge._closer = _install_closer(bridge)
     return bridge
 
@@ -593,6 +705,20 @@ def add_handler(
     return get_bridge().add_handler(
         sig, handler, interrupt=interrupt, consume=consume, senders=senders, policy=policy
     )
+
+
+def _python_signal_hook(signum: int, frame: types.FrameType | None) -> None:
+    """Run by BRIDGED (Python's handler) in the main thread: the interrupt hook of the
+    bridge of the loop running there."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return
+    bridge = _bridges.get(loop)
+    if bridge is not None and not bridge._closed:
+        bridge._python_signal(signum)
+
+
+set_python_hook(_python_signal_hook)
 
 
 def _after_fork_child() -> None:

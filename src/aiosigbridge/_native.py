@@ -12,9 +12,14 @@ What sits in Python's table for a bridged signal (``signal.getsignal()``):
   handler forwards every delivery to it with ``PyErr_SetInterruptEx``;
 * otherwise (``SIG_DFL``, ``SIG_IGN``, or a handler Python did not install),
   :data:`BRIDGED`, so that ``getsignal()`` does not claim the default action that no
-  longer happens.  Nothing is forwarded to it unless an interrupt needs it.
-  Python's table can only be written from the main thread: a signal first bridged
-  from another thread keeps ``SIG_DFL``/``SIG_IGN`` there.
+  longer happens.  Nothing is forwarded to it unless an interrupt needs it;
+* :data:`BRIDGED` also once a registration asks for ``interrupt``: it runs the bridge's
+  interrupt hook in the main thread (which reaches a task hogging the CPU), then the
+  previous Python handler, unless a registration consumes the signal.
+
+Python's table can only be written from the main thread: a signal first bridged from
+another thread keeps ``SIG_DFL``/``SIG_IGN`` there, and its interrupts wait for the
+interrupted task's next ``await``.
 
 Giving a signal back restores Python's table, then the exact C action saved first.
 """
@@ -196,22 +201,27 @@ def monotonic_ns() -> int:
 
 
 class _Bridged:
-    """What ``signal.getsignal()`` returns for a signal aiosigbridge took over from
-    ``SIG_DFL``/``SIG_IGN``: the process no longer takes the default action; the
-    bridge's handlers run instead.  Calling it does nothing unless an interrupt hook
-    is set (see :func:`set_python_hook`)."""
+    """What ``signal.getsignal()`` returns for a signal aiosigbridge owns at the Python
+    level: one it took over from ``SIG_DFL``/``SIG_IGN`` (the process no longer takes the
+    default action; the bridge's handlers run instead), or one with an ``interrupt``
+    registration.  Called by Python in the main thread, it runs the bridge's interrupt
+    hook, then the Python handler that was there before, unless a registration
+    consumes the signal."""
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        hook = _python_hooks.get(signum)
-        if hook is not None:
+        hook = _python_hook
+        st = registry.signals.get(signum)
+        if hook is not None and st is not None and st.interrupters:
             hook(signum, frame)
+        if st is not None and not st.consumers and _is_python_callable(st.python_original):
+            st.python_original(signum, frame)
 
     def __repr__(self) -> str:
         return "<aiosigbridge.BRIDGED>"
 
 
 BRIDGED = _Bridged()
-_python_hooks: dict[int, Callable[[int, FrameType | None], None]] = {}
+_python_hook: Callable[[int, FrameType | None], None] | None = None
 
 
 @dataclass
@@ -272,7 +282,7 @@ class Registry:
             return True
         if st.consumers:
             return False
-        return _is_python_callable(signal.getsignal(sig))
+        return _is_python_callable(st.python_original)
 
     def _install(self, sig: int) -> _SigState:
         self._settle_python_table()
@@ -317,7 +327,9 @@ class Registry:
             # state is exactly what we would have restored (asyncio.Runner puts back
             # default_int_handler for SIGINT when its main task ends).
             now = signal.getsignal(sig)
-            if now is not st.python_original and not st.warned:
+            if now is not st.python_original and not st.warned and not _runner_gave_back(
+                sig, st.python_original, now
+            ):
                 _warn_replaced(sig, stacklevel=4)
             lib.sb_restore(sig, 1)
             if now is BRIDGED and _in_main_thread():
@@ -336,7 +348,26 @@ class Registry:
                 self._stale_python[sig] = st.python_original
         check(lib.sb_restore(sig, 0), f"sigaction({signal_name(sig)})")
 
+    def _take_python_table(self, sig: int, st: _SigState) -> None:
+        """Put BRIDGED in Python's table (main thread only) and our action back on top
+        of the one signal.signal() installs.  The signal is blocked in this thread
+        meanwhile; a delivery to another thread in that instant still reaches Python."""
+        if st.marker or not _in_main_thread():
+            return
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+        try:
+            signal.signal(sig, BRIDGED)
+            st.marker = True
+            kind, addr = disposition(sig)
+            if kind == DISP_OTHER:
+                self._python_c_handler = addr
+            check(lib.sb_set_forward(sig, int(st.forward)), f"sigaction({signal_name(sig)})")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
     def _update_forward(self, sig: int, st: _SigState) -> None:
+        if st.interrupters:
+            self._take_python_table(sig, st)
         want = self._wanted_forward(st, sig)
         if want != st.forward:
             check(lib.sb_set_forward(sig, int(want)), f"sigaction({signal_name(sig)})")
@@ -405,6 +436,19 @@ class Registry:
             with contextlib.suppress(Exception):  # nothing to report to in a fresh child
                 self._uninstall(sig)
         self._stale_python.clear()
+
+
+def _runner_gave_back(sig: int, original: Any, now: Any) -> bool:
+    """asyncio.Runner puts back default_int_handler for SIGINT when its main task ends,
+    before the loop closes the bridge: that is the state before the Runner, not a
+    replacement to warn about."""
+    func = getattr(original, "func", None)
+    owner = getattr(func, "__self__", None)
+    return (
+        sig == signal.SIGINT
+        and now is signal.default_int_handler
+        and type(owner).__module__ == "asyncio.runners"
+    )
 
 
 def _warn_replaced(sig: int, stacklevel: int) -> None:
@@ -478,12 +522,17 @@ class Subscription:
         self.closed = True
 
 
-def set_python_hook(sig: int, hook: Callable[[int, FrameType | None], None] | None) -> None:
-    """Code that BRIDGED runs for ``sig`` in the main thread (interrupts)."""
-    if hook is None:
-        _python_hooks.pop(sig, None)
-    else:
-        _python_hooks[sig] = hook
+def set_python_hook(hook: Callable[[int, FrameType | None], None] | None) -> None:
+    """The code BRIDGED runs in the main thread for signals with interrupt
+    registrations (the bridge's interrupt hook)."""
+    global _python_hook
+    _python_hook = hook
+
+
+def reset_after(sig: int, deliveries: int) -> None:
+    """After ``deliveries`` more deliveries of ``sig``, the C handler itself gives back
+    SIG_DFL (0: never).  What lets a further signal kill a process stuck in C code."""
+    check(lib.sb_reset_after(sig, deliveries), "aiosigbridge reset_after")
 
 
 if hasattr(os, "register_at_fork"):

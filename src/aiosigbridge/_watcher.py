@@ -1,0 +1,83 @@
+"""SignalThread: signals seen from a plain thread, with no event loop.
+
+What must work while the event loop is stuck (a task hogging the CPU, the main thread
+blocked in C code) cannot wait for the loop's reader: run()'s watchdog (second signal,
+grace period) and the task dump.  A SignalThread is one more subscriber of the C layer,
+read by a daemon thread blocked in select(); the GIL switch interval lets it run beside
+CPU-bound Python code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+from collections.abc import Callable, Iterable
+
+from ._event import SignalEvent, make_event
+from ._native import Subscription, registry
+
+__all__ = ["SignalThread"]
+
+
+class SignalThread:
+    """Call ``on_event(ev)`` in a daemon thread for every delivery of ``signums``, and
+    ``on_tick()`` whenever ``next_tick()`` (seconds, or None for never) runs out."""
+
+    def __init__(
+        self,
+        signums: Iterable[int],
+        on_event: Callable[[SignalEvent], None],
+        *,
+        name: str,
+        next_tick: Callable[[], float | None] = lambda: None,
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.signums = tuple(signums)
+        self._on_event = on_event
+        self._next_tick = next_tick
+        self._on_tick = on_tick
+        self._sub = Subscription(64)
+        acquired: list[int] = []
+        try:
+            for s in self.signums:
+                registry.acquire(s)
+                acquired.append(s)
+                self._sub.watch(s, True)
+        except BaseException:
+            for s in acquired:
+                registry.release(s)
+            self._sub.close()
+            raise
+        self._stop_r, self._stop_w = os.pipe()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fds = [self._sub.read_fd, self._stop_r]
+        while True:
+            readable, _, _ = select.select(fds, [], [], self._next_tick())
+            if self._stop_r in readable:
+                return
+            if self._sub.read_fd in readable:
+                for rec in self._sub.drain():
+                    self._on_event(make_event(*rec))
+            else:
+                self._on_tick()
+
+    def close(self) -> None:
+        """Stop the thread and give the signals back (unless others still use them)."""
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._stop_w, b"x")
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        for s in self.signums:
+            registry.release(s)
+        self._sub.close()
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
