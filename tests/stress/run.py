@@ -868,6 +868,39 @@ def section_soak(args: argparse.Namespace) -> list[Figure]:
     ]
 
 
+# -- altstack: storms of different signals on a thread with a small sigaltstack ------
+
+
+def section_altstack(args: argparse.Namespace) -> list[Figure]:
+    """faulthandler (enabled by pytest, PYTHONFAULTHANDLER=1, -X faulthandler) gives the
+    main thread a small alternate signal stack; our action has SA_ONSTACK.  Bursts of 6
+    different signals must not kill the process (see repro_altstack.py)."""
+    seconds = 3.0 if args.quick else 10.0
+    script = os.path.join(os.path.dirname(HERE), "repro_altstack.py")
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, "fh", str(seconds)],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
+        rc: int | None = proc.returncode
+        out = proc.stdout.strip()
+    except subprocess.TimeoutExpired:
+        rc, out = None, ""
+    if rc is None:
+        how = "hung"
+    elif rc < 0:
+        how = f"killed by {signal.Signals(-rc).name}"
+    else:
+        how = f"exit {rc}" + (f" ({out})" if out else "")
+    return [
+        ("signals x seconds", f"6 x {seconds:.0f}", "", True),
+        ("process with faulthandler's altstack", how, "survives (exit 0)", rc == 0),
+    ]
+
+
 # -- runner ----------------------------------------------------------------------------
 
 SECTIONS = {
@@ -875,6 +908,7 @@ SECTIONS = {
     "storm": section_storm,
     "standard": section_standard,
     "soak": section_soak,
+    "altstack": section_altstack,
 }
 
 

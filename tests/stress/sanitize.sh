@@ -63,7 +63,8 @@ export LD_PRELOAD="$LIBASAN"
 # CPython leaks at exit by design; signals: ASan must not take over any handler.
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86:allow_user_segv_handler=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_sigill=0:handle_abort=0:log_path=$LOGDIR/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87:log_path=$LOGDIR/ubsan"
-export PYTHONFAULTHANDLER=1
+# No PYTHONFAULTHANDLER here: its small sigaltstack plus nested handlers kills the
+# process (a library issue reproduced by the stress suite's "altstack" section).
 
 reports() {
     # Every ASan/UBSan report lands in a log file named after its process.

@@ -52,7 +52,7 @@ async def workload() -> None:
     hs = small.add_handler(rt, lambda ev: None)
     async with asb.open_receiver(signal.SIGUSR2, maxsize=4) as rx:
         for i in range(N):
-            asb.sigqueue(pid, rt, i * 1000 + 7)
+            await _sigqueue(pid, rt, i * 1000 + 7)
             os.kill(pid, signal.SIGUSR1)
             if i % 10 == 0:
                 os.kill(pid, signal.SIGUSR2)
@@ -88,6 +88,18 @@ async def workload() -> None:
     await small.aclose()
     await bridge.aclose()
     print(f"ok: {len(values)} values, SIGUSR1 x{usr1}, async runs {async_runs}")
+
+
+async def _sigqueue(pid: int, sig: int, value: int) -> None:
+    """sigqueue, retried on EAGAIN (under valgrind the queue of pending signals fills:
+    valgrind delivers them to the program itself, later)."""
+    for _ in range(5000):
+        try:
+            asb.sigqueue(pid, sig, value)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    raise TimeoutError(f"sigqueue kept failing with EAGAIN for {sig}")
 
 
 async def _child() -> bool:
