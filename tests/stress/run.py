@@ -1,21 +1,32 @@
 """aiosigbridge stress suite (issue 5, §1): ``make stress`` / ``make stress-quick``.
 
-Three sections, each in its own child process so that a crash (a segfault, an abort
-from a sanitizer) is reported as a broken promise rather than taking the runner down:
+Each section runs in its own child process, so that a crash (a segfault, an abort from
+a sanitizer) is reported as a broken promise rather than taking the runner down:
 
-* ``storm``: realtime signals carrying values (sigqueue) from 4 sender processes to 2
-  event loops (one asyncio, one uvloop, each in its own thread with its own bridge).
-  Per loop: every value delivered exactly once and in order per sender, or counted as
-  overflow; ``sent == delivered + overflowed`` (0 silently lost).  Senders retry on
-  EAGAIN (RLIMIT_SIGPENDING), so "sent" means accepted by the kernel.
-* ``standard``: trials of "send a standard signal after the handler is registered ->
-  at least one delivery after the last send", on both loops, in four variants (burst
-  from the loop's thread, the same with the bridge's wake-up pipe full, sends from
-  another thread, a handler registered fresh for each trial).
-* ``soak``: 8 loops in 8 threads (asyncio and uvloop), handlers added and removed at
-  random, receivers, bridges opened and closed, loops replaced, senders in other
-  processes, forks (from this process, and in a single-threaded fork worker process):
-  0 crashes, 0 deadlocks (every wait bounded), 0 leaked fds, RSS flat within 10%.
+* ``storm1`` and ``storm``: realtime signals carrying values (sigqueue) from 4 sender
+  processes (100k in all; 20k with --quick) to 2 event loops (one asyncio with the
+  default ring capacity, one uvloop with 8192, each in its own thread with its own
+  bridge).  Per loop: every value delivered exactly once and in order per sender, or
+  counted as overflow: ``sent == delivered + overflowed`` (0 silently lost), and the C
+  handler saw every send.  Senders retry on EAGAIN (RLIMIT_SIGPENDING), so "sent" means
+  accepted by the kernel.  ``storm1`` blocks the signal in every thread but one (which
+  only sleeps); ``storm`` lets the kernel hand the signals to any thread, as in most
+  programs (see repro_rt_order.py for what that does to the order).
+* ``standard``: trials (10k; 2k with --quick) of "send a standard signal after the
+  handler is registered -> a handler call after the last send", on both loops, in four
+  variants: a burst from the loop's thread, the same with the bridge's wake-up pipe
+  full, a burst from another thread, a handler registered just before a single send.
+  Every delivery the C handler saw is accounted for in the events (sum of coalesced).
+* ``soak`` (60 s; --soak-minutes N; 30 s with --quick): 8 loops in 8 threads (asyncio
+  and uvloop), handlers (sync and async) added and removed at random, receivers,
+  bridges opened and closed (aclose, close, left to the loop's shutdown), loops
+  replaced, 2 sender processes (kill and sigqueue), forks from this threaded process
+  (the child must start clean) and a single-threaded fork worker process (the child
+  bridges its own signal; the parent never sees it): 0 crashes, 0 deadlocks (every
+  wait bounded), 0 leaked fds (/proc/self/fd), RSS flat within 10% after warm-up.
+* ``altstack``: bursts of 6 different signals while the main thread has faulthandler's
+  small sigaltstack (pytest, PYTHONFAULTHANDLER=1): the process must survive (see
+  repro_altstack.py).
 
 Prints a table of figures and exits 1 if any promise is broken.
 """
