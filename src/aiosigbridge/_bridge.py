@@ -83,6 +83,8 @@ class HandlerHandle:
     __slots__ = (
         "__weakref__",
         "_bridge",
+        "_fired",
+        "_once",
         "active",
         "consume",
         "handler",
@@ -115,6 +117,8 @@ class HandlerHandle:
         self.policy = policy
         self.name = getattr(handler, "__qualname__", None) or repr(handler)
         self.active = True
+        self._once = False  # run(): interrupt at the first delivery only
+        self._fired = False
         self.running: set[asyncio.Task[Any]] = set()
         self.pending: deque[tuple[SignalEvent, list[_chain.Interruption] | None]] = deque()
 
@@ -482,7 +486,7 @@ class SignalBridge:
         regs = [
             h
             for h in self._handlers.get(sig, ())
-            if h.active and h.interrupt is not False and h.senders is None
+            if h.active and h.interrupt is not False and h.senders is None and not h._fired
         ]
         if not regs:
             return
@@ -492,6 +496,7 @@ class SignalBridge:
         to_raise: BaseException | None = None
         for h in regs:
             handled.add(id(h))
+            h._fired = h._once
             target = self._target_of(h, current)
             if target is None or target.done() or id(target) in seen:
                 continue
@@ -515,10 +520,11 @@ class SignalBridge:
         recs, handled = self._pending_interrupts.pop(sig, ([], set()))
         seen = {id(r.target) for r in recs}
         for h in regs:
-            if not h.active or h.interrupt is False or id(h) in handled:
+            if not h.active or h.interrupt is False or id(h) in handled or h._fired:
                 continue
             if h.senders is not None and not h.senders.accepts(ev):
                 continue
+            h._fired = h._once
             target = self._target_of(h, None)
             if target is None or target.done() or id(target) in seen:
                 continue

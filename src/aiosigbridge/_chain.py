@@ -128,6 +128,7 @@ class Interruption:
         self.target_done = False
         self._timer: asyncio.TimerHandle | None = None
         self._settled = loop.create_future()
+        self._bound = loop.create_future()  # the event was dispatched
         add_done_callback_first(target, self._on_target_done)
 
     # -- what the bridge tells it -------------------------------------------------------
@@ -135,6 +136,8 @@ class Interruption:
     def bind(self, ev: SignalEvent) -> None:
         """The event this interruption stands for (known at dispatch)."""
         self.event = ev
+        if not self._bound.done():
+            self._bound.set_result(None)
 
     def message(self) -> str:
         ev = self.event
@@ -238,7 +241,13 @@ class Interruption:
 
     async def settled(self, timeout: float) -> None:
         """Wait (up to ``timeout``) until every handler run of this delivery ended;
-        runs still going then are cancelled and reported as TimeoutError."""
+        runs still going then are cancelled and reported as TimeoutError.  When the
+        interrupt came from Python's handler, the dispatch that starts the handlers may
+        still be ahead: wait for it first."""
+        deadline = self.loop.time() + timeout
+        if not self._bound.done():
+            await asyncio.wait([self._bound], timeout=timeout)
+        timeout = max(0.0, deadline - self.loop.time())
         pending = [t for t in self.running if not t.done()]
         if not pending:
             return

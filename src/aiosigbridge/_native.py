@@ -327,8 +327,10 @@ class Registry:
             # state is exactly what we would have restored (asyncio.Runner puts back
             # default_int_handler for SIGINT when its main task ends).
             now = signal.getsignal(sig)
-            if now is not st.python_original and not st.warned and not _runner_gave_back(
-                sig, st.python_original, now
+            if (
+                now is not st.python_original
+                and not st.warned
+                and not _runner_gave_back(sig, st.python_original, now)
             ):
                 _warn_replaced(sig, stacklevel=4)
             lib.sb_restore(sig, 1)

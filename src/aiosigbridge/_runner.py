@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from . import _chain
-from ._bridge import get_bridge
+from ._bridge import HandlerHandle, get_bridge
 from ._diagnostics import dump_tasks
 from ._event import SignalEvent
 from ._native import reset_after, signal_name, validate_signal
@@ -55,6 +55,7 @@ class _Shutdown:
         self._deadline: float | None = None
         self._lock = threading.Lock()
         self._watchdog: SignalThread | None = None
+        self._handles: list[HandlerHandle] = []
 
     # -- in the loop ----------------------------------------------------------------------
 
@@ -64,25 +65,31 @@ class _Shutdown:
         assert task is not None
         self.main_task = bridge.main_task = task
         bridge.handler_timeout = self.handler_timeout
-        self._bridge_interruptions = lambda: [
-            r for r in bridge._interruptions if r.target is task
-        ]
+        self._bridge_interruptions = lambda: [r for r in bridge._interruptions if r.target is task]
         for sig in self.signums:
             # First in registration order; interrupts (cancels) the main task, even
             # in the middle of CPU-bound code; Python's own handler (KeyboardInterrupt
             # for SIGINT) is consumed: run() turns the end into the right exception.
-            bridge.add_handler(sig, self._on_signal, interrupt=task, consume=True)
+            h = bridge.add_handler(sig, self._on_signal, interrupt=task, consume=True)
+            # Only the first delivery interrupts: the second is the watchdog's, which
+            # ends the process; cancelling the cleanup again would race with it.
+            h._once = True
+            self._handles.append(h)
         if self.signums:
             self._start_watchdog()
         try:
             return await main
         finally:
-            if self.signal is not None:
+            # Interrupted (possibly by Python's handler, before the dispatch that runs
+            # the signal's handlers): wait for them, so their failures are chained.
+            if self.signal is not None or self._bridge_interruptions():
                 await self._settle()
 
     def _on_signal(self, ev: SignalEvent) -> None:
         if self.signal is None:
             self.signal = int(ev.signum)
+        for h in self._handles:
+            h._fired = True  # whichever shutdown signal comes next is the watchdog's
 
     async def _settle(self) -> None:
         """Give the shutdown signal's handlers time to finish (handler_timeout, within
