@@ -8,7 +8,7 @@ under a microsecond, reported as is):
     C handler        ev.timestamp_ns
     reader entry     SignalBridge._on_readable called by the loop
     drain returned   lib.sb_drain() back (the C call: read() the pipe + copy records)
-    event built      make_event() back (struct unpack + SignalEvent)
+    event built      events_from() back (struct unpack + SignalEvents)
     handler start    first line of the handler
 
     python benchmarks/profile_path.py [--loop asyncio|uvloop|both] [--handler coro|sync]
@@ -64,14 +64,14 @@ def receiver(kind: str, handler: str, total: int, ack: int) -> None:
             return int(r)
 
     _native.lib = Lib()  # type: ignore[assignment]
-    orig_make = _bridge.make_event
+    orig_events = _bridge.events_from
 
-    def make_event(*rec: Any) -> Any:
-        ev = orig_make(*rec)
+    def events_from(records: Any) -> Any:
+        evs = orig_events(records)
         cur["event"] = mono()
-        return ev
+        return evs
 
-    _bridge.make_event = make_event  # type: ignore[assignment]
+    _bridge.events_from = events_from  # type: ignore[assignment]
 
     loop = C.new_loop(kind)
     asyncio.set_event_loop(loop)

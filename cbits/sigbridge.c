@@ -13,8 +13,9 @@
  * Storage per subscriber:
  *   - queued (realtime) signals: a bounded multi-producer ring (Vyukov's bounded queue,
  *     producers claim a cell with a CAS on `head`, publish it with a release store of the
- *     cell's sequence number).  Producers are signal handlers on any thread, nested
- *     handlers included; the single consumer is the subscriber's drain.  A full ring
+ *     cell's sequence number).  Producers are signal handlers on any thread (they do
+ *     not nest on one thread: the action blocks the other signals while it runs); the
+ *     single consumer is the subscriber's drain.  A full ring
  *     counts overflow, per subscriber and signal: never silent.
  *   - standard signals: one pending record per signal plus a delivery count.  The
  *     delivery that moves the count from 0 writes the record; later ones only count
@@ -75,6 +76,7 @@ typedef struct {
 typedef struct {
     _Atomic int active;   /* handlers may use this slot */
     _Atomic int busy;     /* handlers currently using it */
+    _Atomic int woken;    /* a wake byte is in the pipe and no drain has begun since */
     _Atomic uint64_t mask; /* bit (sig - 1): subscribed */
     int wfd;              /* written before `active` is set, read after: stable while busy */
     int rfd;
@@ -219,9 +221,15 @@ static void sb_handler(int sig, siginfo_t *info, void *uctx)
                 /* 4. ... byte second.  write() is async-signal-safe; the pipe is
                  * non-blocking and EAGAIN (full) is fine: the state above holds the
                  * truth, the byte only wakes the loop. */
-                unsigned char byte = (unsigned char)sig;
-                ssize_t w = write(s->wfd, &byte, 1);
-                (void)w;
+                if (!atomic_exchange_explicit(&s->woken, 1, memory_order_seq_cst)) {
+                    /* Only when no wake-up is pending: a storm costs one write per
+                     * drain, not one per signal.  A drain clears `woken` before it
+                     * reads the state, so a delivery that finds it set is seen by
+                     * the drain that byte will cause. */
+                    unsigned char byte = (unsigned char)sig;
+                    ssize_t w = write(s->wfd, &byte, 1);
+                    (void)w;
+                }
             }
             atomic_fetch_sub_explicit(&s->busy, 1, memory_order_seq_cst);
         }
@@ -373,7 +381,17 @@ static int install_action(int sig, int forward)
      * restartable call would otherwise not see Python's handler until the call
      * returns.  CPython's own handlers leave it off and rely on PEP 475 retries. */
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK | (forward ? 0 : SA_RESTART);
-    sigemptyset(&sa.sa_mask);
+    /* Every other catchable signal is blocked while the handler runs, so handlers
+     * never nest on one thread: nested signal frames (~3 KiB each with the FPU state)
+     * overflow a small sigaltstack such as faulthandler's within a few levels, and the
+     * kernel can then only kill the process.  Deliveries to other threads still run
+     * concurrently, which the storage is built for.  Synchronous faults stay
+     * unblocked: a fault with its signal blocked is fatal anyway. */
+    sigfillset(&sa.sa_mask);
+    sigdelset(&sa.sa_mask, SIGSEGV);
+    sigdelset(&sa.sa_mask, SIGBUS);
+    sigdelset(&sa.sa_mask, SIGFPE);
+    sigdelset(&sa.sa_mask, SIGILL);
     if (sigaction(sig, &sa, NULL) != 0)
         return -errno;
     return 0;
@@ -504,6 +522,7 @@ int sb_subscribe(uint32_t capacity, int *read_fd)
     s->cap_mask = cap - 1;
     s->rfd = fds[0];
     s->wfd = fds[1];
+    atomic_store(&s->woken, 0);
     atomic_store(&s->mask, 0);
     atomic_store(&s->active, 1); /* publishes the fields above to handlers */
     if (slot + 1 > atomic_load(&g_slot_count))
@@ -576,8 +595,12 @@ int sb_drain(int slot, sb_record *out, int max)
     if (!valid_slot(slot))
         return -EBADF;
     sb_slot *s = &g_slots[slot];
+    /* Clear `woken` first, then empty the pipe, then read the state (see the
+     * handler): a delivery after this point writes a fresh byte. */
+    atomic_store_explicit(&s->woken, 0, memory_order_seq_cst);
     char sink[512];
-    while (read(s->rfd, sink, sizeof sink) > 0) {
+    while (read(s->rfd, sink, sizeof sink) == (ssize_t)sizeof sink) {
+        /* a short read emptied the pipe: no second read() just to see EAGAIN */
     }
     int n = 0;
     while (n < max) {

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _chain
 from ._eager import start_task
-from ._event import SignalEvent, make_event
+from ._event import SignalEvent, events_from
 from ._native import (
     DEFAULT_CAPACITY,
     Subscription,
@@ -95,6 +95,7 @@ class HandlerHandle:
         "running",
         "senders",
         "signum",
+        "task_name",
     )
 
     def __init__(
@@ -116,6 +117,7 @@ class HandlerHandle:
         self.senders = senders
         self.policy = policy
         self.name = getattr(handler, "__qualname__", None) or repr(handler)
+        self.task_name = f"aiosigbridge:{self.name}:{signal_name(signum)}"
         self.active = True
         self._once = False  # run(): interrupt at the first delivery only
         self._fired = False
@@ -441,8 +443,8 @@ class SignalBridge:
     def _on_readable(self) -> None:
         if self._sub.closed:
             return
-        for rec in self._sub.drain():
-            self._dispatch(make_event(*rec))
+        for ev in events_from(self._sub.drain()):
+            self._dispatch(ev)
         if registry.signals:
             registry.quick_check()
 
@@ -565,7 +567,7 @@ class SignalBridge:
             if not inspect.isawaitable(result):
                 return
             result = _await(result)
-        task = start_task(self._loop, result, f"aiosigbridge:{h.name}:{ev.name}")
+        task = start_task(self._loop, result, h.task_name)
         if recs:
             for rec in recs:
                 rec.track(task, h)

@@ -107,6 +107,10 @@ def _start_task_by_hand(
         ctx = getattr(task, "_context", ctx)
     enter = asyncio.tasks._enter_task
     leave = asyncio.tasks._leave_task
+    # Started from inside another task (3.12's eager start allows it too): step aside.
+    outer = asyncio.tasks.current_task(loop)
+    if outer is not None:
+        leave(loop, outer)
     enter(loop, task)
     try:
         wrapper._first = ctx.run(coro.send, None)
@@ -119,4 +123,6 @@ def _start_task_by_hand(
         wrapper._exc = exc
     finally:
         leave(loop, task)
+        if outer is not None:
+            enter(loop, outer)
     return task

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from ._native import CLD_CODES, SI_QUEUE, signal_name
+from ._native import CLD_CODES, RECORD, SI_QUEUE, signal_name
 
 
 class SignalEvent(NamedTuple):
@@ -60,26 +60,26 @@ class SignalEvent(NamedTuple):
 
 _SIGNALS = {int(s): s for s in signal.Signals}
 _SIGCHLD = int(getattr(signal, "SIGCHLD", 0))
+_new = tuple.__new__
+_unpack = RECORD.iter_unpack
 
 
-def make_event(
-    timestamp_ns: int,
-    value: int,
-    signum: int,
-    code: int,
-    pid: int,
-    uid: int,
-    status: int,
-    coalesced: int,
-) -> SignalEvent:
-    """Turn one C record (the field order of ``sb_record``) into a SignalEvent."""
-    return SignalEvent(
-        _SIGNALS.get(signum, signum),
-        code,
-        pid,
-        uid,
-        value if code == SI_QUEUE else None,
-        status if signum == _SIGCHLD and code in CLD_CODES else None,
-        timestamp_ns,
-        coalesced,
-    )
+def events_from(records: Any) -> list[SignalEvent]:
+    """Turn drained C records (packed as ``RECORD``) into SignalEvents: the hot path,
+    so tuples are built directly rather than through NamedTuple's ``__new__``."""
+    return [
+        _new(
+            SignalEvent,
+            (
+                _SIGNALS.get(signum, signum),
+                code,
+                pid,
+                uid,
+                value if code == SI_QUEUE else None,
+                status if signum == _SIGCHLD and code in CLD_CODES else None,
+                timestamp_ns,
+                coalesced,
+            ),
+        )
+        for timestamp_ns, value, signum, code, pid, uid, status, coalesced in _unpack(records)
+    ]

@@ -33,7 +33,8 @@ import signal
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found]
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -67,8 +68,10 @@ CLD_CODES = frozenset(
     )
 )
 
-_RECORD = struct.Struct("=qqiiiIiI")
-assert _RECORD.size == ffi.sizeof("sb_record"), "sb_record layout changed: update _RECORD"
+#: sb_record as struct packs it: timestamp_ns, value, signum, code, pid, uid, status,
+#: coalesced.
+RECORD = struct.Struct("=qqiiiIiI")
+assert RECORD.size == ffi.sizeof("sb_record"), "sb_record layout changed: update RECORD"
 
 DISP_DEFAULT: int = lib.SB_DISP_DEFAULT
 DISP_IGNORE: int = lib.SB_DISP_IGNORE
@@ -417,12 +420,16 @@ class Registry:
         signal?  (Python's table changes with it; C-level replacement is found by
         replaced().)"""
         for sig, st in self.signals.items():
-            if not st.warned:
-                h = signal.getsignal(sig)
-                expected = BRIDGED if st.marker else st.python_original
-                if h is not expected and disposition(sig)[0] != DISP_OURS:
-                    st.warned = True
-                    _warn_replaced(sig, stacklevel=2)
+            if st.warned:
+                continue
+            # _signal.getsignal: signal.getsignal() without the enum conversion, which
+            # would cost more than the rest of a drain.
+            h = _raw_getsignal(sig)
+            if h is BRIDGED if st.marker else h == st.python_original:
+                continue
+            if disposition(sig)[0] != DISP_OURS:
+                st.warned = True
+                _warn_replaced(sig, stacklevel=2)
 
     # -- fork ---------------------------------------------------------------------------
 
@@ -496,16 +503,18 @@ class Subscription:
     def watch(self, sig: int, on: bool) -> None:
         check(lib.sb_watch(self.slot, sig, int(on)), "aiosigbridge watch")
 
-    def drain(self) -> Iterator[tuple[int, int, int, int, int, int, int, int]]:
-        """Empty the pipe and yield every pending record (C field order)."""
+    def drain(self) -> Any:
+        """Empty the pipe and return every pending record, packed as ``RECORD`` (a
+        buffer valid until the next drain).  One C call in the common case."""
         buf, size = self._buf, self._buf_len
-        while True:
+        n = lib.sb_drain(self.slot, buf, size)
+        if n < size:
+            return ffi.buffer(buf, max(n, 0) * RECORD.size)
+        chunks = [ffi.buffer(buf, n * RECORD.size)[:]]
+        while n == size:
             n = lib.sb_drain(self.slot, buf, size)
-            if n <= 0:
-                return
-            yield from _RECORD.iter_unpack(ffi.buffer(buf, n * _RECORD.size))
-            if n < size:
-                return
+            chunks.append(ffi.buffer(buf, max(n, 0) * RECORD.size)[:])
+        return b"".join(chunks)
 
     def counters(self, sig: int) -> tuple[int, int, int, int]:
         out = ffi.new("sb_counters *")

@@ -15,7 +15,7 @@ import select
 import threading
 from collections.abc import Callable, Iterable
 
-from ._event import SignalEvent, make_event
+from ._event import SignalEvent, events_from
 from ._native import Subscription, registry
 
 __all__ = ["SignalThread"]
@@ -62,8 +62,8 @@ class SignalThread:
             if self._stop_r in readable:
                 return
             if self._sub.read_fd in readable:
-                for rec in self._sub.drain():
-                    self._on_event(make_event(*rec))
+                for ev in events_from(self._sub.drain()):
+                    self._on_event(ev)
             else:
                 self._on_tick()
 
