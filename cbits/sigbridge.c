@@ -588,6 +588,8 @@ int sb_watch(int slot, int sig, int on)
     return 0;
 }
 
+static int drain_state(sb_slot *s, sb_record *out, int max);
+
 /* One call empties the pipe and copies out every pending record (up to max; call
  * again while it returns max).  Records come out in timestamp order. */
 int sb_drain(int slot, sb_record *out, int max)
@@ -602,6 +604,20 @@ int sb_drain(int slot, sb_record *out, int max)
     while (read(s->rfd, sink, sizeof sink) == (ssize_t)sizeof sink) {
         /* a short read emptied the pipe: no second read() just to see EAGAIN */
     }
+    return drain_state(s, out, max);
+}
+
+/* The records only, leaving the pipe (and `woken`) alone: for a dispatch that runs
+ * ahead of the loop's reader, which still wakes up, reads the byte and finds the rest. */
+int sb_drain_records(int slot, sb_record *out, int max)
+{
+    if (!valid_slot(slot))
+        return -EBADF;
+    return drain_state(&g_slots[slot], out, max);
+}
+
+static int drain_state(sb_slot *s, sb_record *out, int max)
+{
     int n = 0;
     while (n < max) {
         sb_cell *cell = &s->cells[s->tail & s->cap_mask];

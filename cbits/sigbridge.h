@@ -73,6 +73,7 @@ int sb_subscribe(uint32_t capacity, int *read_fd);
 int sb_unsubscribe(int slot);
 int sb_watch(int slot, int sig, int on);
 int sb_drain(int slot, sb_record *out, int max);
+int sb_drain_records(int slot, sb_record *out, int max);
 int sb_counters_get(int slot, int sig, sb_counters *out);
 
 void sb_after_fork_child(void);

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import selectors
 import signal
 import threading
 import types
@@ -168,6 +169,15 @@ class SignalBridge:
         self._stats: dict[int, SignalStats] = {}
         self._closed = False
         self._thread = threading.get_ident()
+        # The stock selector loop in the main thread can dispatch from Python's own
+        # handler while it waits in select() (see _python_signal_hook): its reader's
+        # wake-up costs more than the rest of the path.  uvloop's is cheap, and
+        # forwarding there would also run uvloop's own signal machinery.
+        self._fast = (
+            threading.current_thread() is threading.main_thread()
+            and isinstance(loop, asyncio.BaseEventLoop)
+            and hasattr(loop, "_selector")
+        )
         self._closer: AsyncGenerator[None, None] | None = None
         self.chain = _chain.FailureChain(loop)
         self._interrupting: dict[int, int] = {}  # signal -> interrupt registrations
@@ -339,14 +349,14 @@ class SignalBridge:
             raise RuntimeError(msg)
 
     def _watch(self, signum: int, *, consume: bool = False, interrupt: bool = False) -> None:
-        registry.acquire(signum, consume=consume, interrupt=interrupt)
+        registry.acquire(signum, consume=consume, interrupt=interrupt, fast=self._fast)
         try:
             n = self._watch_count.get(signum, 0)
             if n == 0:
                 self._sub.watch(signum, True)
             self._watch_count[signum] = n + 1
         except BaseException:
-            registry.release(signum, consume=consume, interrupt=interrupt)
+            registry.release(signum, consume=consume, interrupt=interrupt, fast=self._fast)
             raise
 
     def _unwatch(self, signum: int, *, consume: bool = False, interrupt: bool = False) -> None:
@@ -357,7 +367,7 @@ class SignalBridge:
                 self._sub.watch(signum, False)
         else:
             self._watch_count[signum] = n
-        registry.release(signum, consume=consume, interrupt=interrupt)
+        registry.release(signum, consume=consume, interrupt=interrupt, fast=self._fast)
 
     def _remove(self, h: HandlerHandle) -> None:
         h.active = False
@@ -439,6 +449,20 @@ class SignalBridge:
         self._handlers.clear()
         self._receivers.clear()
         self._watch_count.clear()
+
+    def _fast_dispatch(self) -> None:
+        """Dispatch from Python's handler while the loop waits in select(): the records
+        only; the wake-up byte stays, so select() returns at once and the loop runs
+        what the handlers scheduled."""
+        if self._sub.closed:
+            return
+        try:
+            for ev in events_from(self._sub.drain(read_pipe=False)):
+                self._dispatch(ev)
+        except Exception as exc:  # never into select(): report like a loop callback
+            self._loop.call_exception_handler(
+                {"message": "aiosigbridge: dispatch failed", "exception": exc}
+            )
 
     def _on_readable(self) -> None:
         if self._sub.closed:
@@ -715,15 +739,40 @@ def add_handler(
     )
 
 
+_SELECT_CODES = frozenset(
+    getattr(selectors, name).select.__code__
+    for name in (
+        "SelectSelector",
+        "PollSelector",
+        "EpollSelector",
+        "DevpollSelector",
+        "KqueueSelector",
+    )
+    if hasattr(selectors, name)
+)
+_RUN_ONCE_CODE = asyncio.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
+
+
 def _python_signal_hook(signum: int, frame: types.FrameType | None) -> None:
-    """Run by BRIDGED (Python's handler) in the main thread: the interrupt hook of the
-    bridge of the loop running there."""
+    """Run by BRIDGED (Python's handler) in the main thread: interrupts, then, when the
+    stock loop is waiting in select() (the frame Python interrupted is the selector's,
+    called from the loop's _run_once), the dispatch itself, ahead of the reader."""
     loop = asyncio._get_running_loop()
     if loop is None:
         return
     bridge = _bridges.get(loop)
-    if bridge is not None and not bridge._closed:
+    if bridge is None or bridge._closed:
+        return
+    if signum in bridge._interrupting:
         bridge._python_signal(signum)
+    if (
+        bridge._fast
+        and frame is not None
+        and frame.f_code in _SELECT_CODES
+        and frame.f_back is not None
+        and frame.f_back.f_code is _RUN_ONCE_CODE
+    ):
+        bridge._fast_dispatch()
 
 
 set_python_hook(_python_signal_hook)

@@ -214,7 +214,7 @@ class _Bridged:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         hook = _python_hook
         st = registry.signals.get(signum)
-        if hook is not None and st is not None and st.interrupters:
+        if hook is not None and st is not None and (st.interrupters or st.fast):
             hook(signum, frame)
         if st is not None and not st.consumers and _is_python_callable(st.python_original):
             st.python_original(signum, frame)
@@ -235,6 +235,7 @@ class _SigState:
     watchers: int = 0  # (subscription, signal) pairs
     consumers: int = 0  # registrations with consume=True
     interrupters: int = 0  # registrations that need Python-level code to run
+    fast: int = 0  # watchers on the main thread's stock asyncio loop (see _bridge)
     forward: bool = False
     warned: bool = False
 
@@ -281,7 +282,9 @@ class Registry:
                 signal.signal(sig, original)
 
     def _wanted_forward(self, st: _SigState, sig: int) -> bool:
-        if st.interrupters:
+        # fast: only where BRIDGED already sits in Python's table; a Python handler
+        # that was there before stays what signal.getsignal() says.
+        if st.interrupters or (st.fast and st.marker):
             return True
         if st.consumers:
             return False
@@ -378,7 +381,9 @@ class Registry:
             check(lib.sb_set_forward(sig, int(want)), f"sigaction({signal_name(sig)})")
             st.forward = want
 
-    def acquire(self, sig: int, *, consume: bool = False, interrupt: bool = False) -> None:
+    def acquire(
+        self, sig: int, *, consume: bool = False, interrupt: bool = False, fast: bool = False
+    ) -> None:
         """One more user of ``sig``: install our action on the first."""
         with self.lock:
             st = self.signals.get(sig)
@@ -387,9 +392,12 @@ class Registry:
             st.watchers += 1
             st.consumers += consume
             st.interrupters += interrupt
+            st.fast += fast
             self._update_forward(sig, st)
 
-    def release(self, sig: int, *, consume: bool = False, interrupt: bool = False) -> None:
+    def release(
+        self, sig: int, *, consume: bool = False, interrupt: bool = False, fast: bool = False
+    ) -> None:
         """One user less: give the signal back after the last."""
         with self.lock:
             st = self.signals.get(sig)
@@ -398,6 +406,7 @@ class Registry:
             st.watchers -= 1
             st.consumers -= consume
             st.interrupters -= interrupt
+            st.fast -= fast
             if st.watchers <= 0:
                 self._uninstall(sig)
             else:
@@ -503,16 +512,18 @@ class Subscription:
     def watch(self, sig: int, on: bool) -> None:
         check(lib.sb_watch(self.slot, sig, int(on)), "aiosigbridge watch")
 
-    def drain(self) -> Any:
+    def drain(self, read_pipe: bool = True) -> Any:
         """Empty the pipe and return every pending record, packed as ``RECORD`` (a
-        buffer valid until the next drain).  One C call in the common case."""
+        buffer valid until the next drain).  One C call in the common case.  With
+        ``read_pipe=False`` the wake-up byte stays for the loop's reader."""
         buf, size = self._buf, self._buf_len
-        n = lib.sb_drain(self.slot, buf, size)
+        drain = lib.sb_drain if read_pipe else lib.sb_drain_records
+        n = drain(self.slot, buf, size)
         if n < size:
             return ffi.buffer(buf, max(n, 0) * RECORD.size)
         chunks = [ffi.buffer(buf, n * RECORD.size)[:]]
         while n == size:
-            n = lib.sb_drain(self.slot, buf, size)
+            n = drain(self.slot, buf, size)
             chunks.append(ffi.buffer(buf, max(n, 0) * RECORD.size)[:])
         return b"".join(chunks)
 
