@@ -6,7 +6,10 @@ import asyncio
 import functools
 import os
 import signal
+import sys
 import threading
+import time
+import traceback
 from typing import Any
 
 import pytest
@@ -600,3 +603,41 @@ async def test_bridge_closes_with_its_loop() -> None:
     bridge.add_handler(SIG, lambda ev: None)
     assert asb.get_bridge() is bridge
     assert repr(bridge).startswith("<SignalBridge open [SIGUSR1]")
+
+
+async def test_stock_loop_dispatches_from_pythons_handler_in_select() -> None:
+    """On the stock loop in the main thread, a signal that arrives while the loop waits
+    in select() is dispatched from Python's own handler, ahead of the reader, and the
+    loop still runs what the handler scheduled (it does not go back to sleep)."""
+    seen_fast: list[bool] = []
+    finished = asyncio.Event()
+
+    async def handler(ev: asb.SignalEvent) -> None:
+        seen_fast.append(any(f.name == "_fast_dispatch" for f in traceback.extract_stack()))
+        await asyncio.sleep(0)  # must be resumed by the loop right after
+        finished.set()
+
+    asb.add_handler(SIG, handler)
+    # Sent to the main thread once the loop has nothing to do but wait in select().
+    idle = threading.Event()
+    asyncio.get_running_loop().call_soon(idle.set)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def send() -> None:
+        # No event says "the loop is in select() now": look at the main thread's frame.
+        # (uvloop waits in C: there is no Python frame to look for.)
+        deadline = time.monotonic() + TIMEOUT
+        while idle.wait(TIMEOUT) and stock and time.monotonic() < deadline:
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == "select":
+                break
+            time.sleep(0.0005)
+        signal.pthread_kill(main, SIG)
+
+    stock = not type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    sender = threading.Thread(target=send)
+    sender.start()
+    await asyncio.wait_for(finished.wait(), TIMEOUT)
+    sender.join()
+    assert seen_fast == [stock]
