@@ -194,3 +194,32 @@ def test_senders_needs_a_condition() -> None:
         asb.Senders()
     with pytest.raises(TypeError, match="non-negative ints"):
         asb.Senders(uids={-1})
+
+
+def test_loop_closed_with_events_pending() -> None:
+    """A loop closed with its bridge open and an event pending: the next use says the
+    loop is closed and gives every signal back; nothing stays installed."""
+    loop = asyncio.new_event_loop()
+    try:
+        bridge = asb.get_bridge(loop)
+        bridge.add_handler(SIG, lambda ev: None)
+        os.kill(os.getpid(), SIG)  # recorded, never dispatched: the loop does not run
+        assert _native.disposition(SIG)[0] == _native.DISP_OURS
+    finally:
+        loop.close()
+    with pytest.raises(RuntimeError, match="event loop is closed"):
+        bridge.add_handler(SIG, lambda ev: None)
+    assert bridge.closed
+    assert _native.disposition(SIG)[0] == _native.DISP_DEFAULT
+
+
+async def test_bridge_after_aclose_and_double_remove() -> None:
+    """After aclose(), every method says so; removing a handle twice is a no-op."""
+    bridge = asb.get_bridge()
+    h = bridge.add_handler(SIG, lambda ev: None)
+    await bridge.aclose()
+    h.remove()
+    h.remove()
+    with pytest.raises(RuntimeError, match="closed SignalBridge"):
+        bridge.add_handler(SIG, lambda ev: None)
+    assert SIG in bridge.stats()  # counters stay readable
