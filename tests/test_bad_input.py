@@ -222,4 +222,3 @@ async def test_bridge_after_aclose_and_double_remove() -> None:
     h.remove()
     with pytest.raises(RuntimeError, match="closed SignalBridge"):
         bridge.add_handler(SIG, lambda ev: None)
-    assert SIG in bridge.stats()  # counters stay readable
