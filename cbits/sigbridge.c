@@ -597,13 +597,17 @@ int sb_drain(int slot, sb_record *out, int max)
     if (!valid_slot(slot))
         return -EBADF;
     sb_slot *s = &g_slots[slot];
-    /* Clear `woken` first, then empty the pipe, then read the state (see the
-     * handler): a delivery after this point writes a fresh byte. */
-    atomic_store_explicit(&s->woken, 0, memory_order_seq_cst);
+    /* Empty the pipe, then clear `woken`, then read the state.  In this order a
+     * delivery either found `woken` set before the clear (its state is written
+     * before its exchange, so the state read below sees it), or sets it after the
+     * clear and writes a byte that is still in the pipe for the next drain.  (Clearing
+     * first would let such a byte be read here, leaving `woken` set over an empty pipe:
+     * every later delivery would skip its byte and the loop would sleep.) */
     char sink[512];
     while (read(s->rfd, sink, sizeof sink) == (ssize_t)sizeof sink) {
         /* a short read emptied the pipe: no second read() just to see EAGAIN */
     }
+    atomic_store_explicit(&s->woken, 0, memory_order_seq_cst);
     return drain_state(s, out, max);
 }
 
