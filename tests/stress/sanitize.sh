@@ -86,10 +86,12 @@ say "pytest tests (sanitized build)"
 t0=$(date +%s)
 WORK="$LOGDIR/run"
 mkdir -p "$WORK"
-cp -r "$ROOT/tests" "$WORK/tests"
-cp "$ROOT/pyproject.toml" "$WORK/pyproject.toml"  # the pytest configuration only
-mkdir -p "$WORK/cbits" && cp "$ROOT"/cbits/* "$WORK/cbits/"  # tests that read the C file
-rm -rf "$WORK/tests/__pycache__"
+# The repository without src/ (so only the installed, instrumented copy can be
+# imported), the venvs and build output: tests read cbits/, examples/, pyproject.toml.
+tar -C "$ROOT" -cf - --exclude=./src --exclude='./.venv*' --exclude=./.git \
+    --exclude=./build --exclude=./dist --exclude='*/__pycache__' --exclude='*.so' \
+    --exclude=./.hypothesis --exclude=./.pytest_cache --exclude=./.mypy_cache \
+    --exclude=./.ruff_cache --exclude=./benchmarks/out . | tar -C "$WORK" -xf -
 set +e
 (cd "$WORK" && "$PY" -m pytest -p no:cacheprovider -q \
     --timeout=300 tests) 2>&1 | tail -25
