@@ -321,7 +321,14 @@ def _storm(args: argparse.Namespace, *, one_thread: bool) -> list[Figure]:
             (f"{name}: overflowed (counted)", overflowed, "", True),
             (f"{name}: silently lost (neither delivered nor counted)", lost, "== 0", lost == 0),
             (f"{name}: duplicates", st.dups, "== 0", st.dups == 0),
-            (f"{name}: out of order (per sender)", st.out_of_order, "== 0", st.out_of_order == 0),
+            # In order per sender is promised when one thread takes the signal; with
+            # several, neighbours can swap (README, Limitations: "Order across threads").
+            (
+                f"{name}: out of order (per sender)",
+                st.out_of_order,
+                "== 0" if one_thread else "reported (several threads)",
+                st.out_of_order == 0 or not one_thread,
+            ),
             (f"{name}: events not from a sender", st.foreign, "== 0", st.foreign == 0),
         ]
     return figs
@@ -736,9 +743,9 @@ def section_soak(args: argparse.Namespace) -> list[Figure]:
     for t in threads:
         t.start()
 
-    # Allocator arenas of 8 threads and both loop kinds grow for the first ~20 s
-    # (then flat: 39.5 -> 39.1 MiB over a 10-minute soak).
-    warm_until = t_start + max(20.0, duration * 0.2)
+    # Allocator arenas of 8 threads and both loop kinds grow for the first ~20-27 s
+    # (longer on a loaded machine; then flat: 39.5 -> 39.1 MiB over a 10-minute soak).
+    warm_until = t_start + max(30.0, duration * 0.5)
     rss_base = rss_peak = 0
     rss_timeline: list[str] = []
     next_sample = t_start
@@ -954,7 +961,7 @@ def main() -> int:
         return run_child(args)
 
     soak_s = (
-        60 * args.soak_minutes if args.soak_minutes is not None else (40.0 if args.quick else 60.0)
+        60 * args.soak_minutes if args.soak_minutes is not None else (50.0 if args.quick else 60.0)
     )
     sections = args.only or list(SECTIONS)
     rows: list[tuple[str, str, str, str, bool]] = []
