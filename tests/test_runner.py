@@ -263,7 +263,10 @@ def test_third_signal_kills_a_process_stuck_in_c(loop: str, tmp_path: Path) -> N
     """Stuck in C code holding the GIL, no Python runs: the C handler gives back the
     default action after the second delivery, and the third signal kills."""
     src = tmp_path / "spin.c"
-    src.write_text('void spin(void) { for (;;) { __asm__ volatile(""); } }\n')
+    src.write_text(
+        "#include <unistd.h>\n"
+        'void spin(void) { (void)!write(1, "SPINNING\\n", 9); for (;;) { __asm__ volatile(""); } }\n'
+    )
     lib = tmp_path / "libspin.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     child = Child(
@@ -278,7 +281,7 @@ def test_third_signal_kills_a_process_stuck_in_c(loop: str, tmp_path: Path) -> N
         loop,
     )
     child.expect("READY")
-    time.sleep(0.2)  # let it enter spin(); there is no event to wait for in there
+    child.expect("SPINNING")  # written by spin() itself, from C
     for _ in range(3):
         child.kill(signal.SIGTERM)
         time.sleep(0.05)  # three separate deliveries, not one coalesced pending signal
@@ -295,13 +298,13 @@ def test_task_dump_while_stuck(loop: str) -> None:
         async def sleeper_task():
             await asyncio.sleep(60)
         def crunch_numbers(deadline):
+            ready()   # from in here: the dump must find the main thread in this frame
             while time.monotonic() < deadline:
                 pass
         async def main():
             asb.enable_task_dump(signal.SIGUSR1)
             asyncio.create_task(sleeper_task())
             await asyncio.sleep(0)
-            ready()
             crunch_numbers(time.monotonic() + 60)
         asb.run(main(), loop_factory=FACTORY)
         """,
