@@ -41,20 +41,26 @@ class Child:
             text=True,
         )
         self.out: list[str] = []
+        self._pending = b""
 
     def expect(self, line: str, timeout: float = 20.0) -> None:
-        """Block until stdout shows ``line`` (bounded)."""
+        """Block until stdout shows ``line`` (bounded).  Reads the fd itself: a buffered
+        reader could hold the next line where select() cannot see it."""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                got = self.proc.stdout.readline()
-                if not got:
-                    break
-                self.out.append(got)
-                if got.strip() == line:
+            while b"\n" in self._pending:
+                got, self._pending = self._pending.split(b"\n", 1)
+                self.out.append(got.decode() + "\n")
+                if got.decode().strip() == line:
                     return
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self._pending += chunk
         self.proc.kill()
         _, err = self.proc.communicate()
         pytest.fail(f"child never printed {line!r}; stdout={self.out!r}\nstderr:\n{err}")
@@ -64,7 +70,7 @@ class Child:
 
     def finish(self, timeout: float = 20.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.out) + out, err
+        return self.proc.returncode, "".join(self.out) + self._pending.decode() + out, err
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -265,7 +271,8 @@ def test_third_signal_kills_a_process_stuck_in_c(loop: str, tmp_path: Path) -> N
     src = tmp_path / "spin.c"
     src.write_text(
         "#include <unistd.h>\n"
-        'void spin(void) { (void)!write(1, "SPINNING\\n", 9); for (;;) { __asm__ volatile(""); } }\n'
+        'void spin(void) { (void)!write(1, "SPINNING\\n", 9);\n'
+        '                  for (;;) { __asm__ volatile(""); } }\n'
     )
     lib = tmp_path / "libspin.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
