@@ -320,16 +320,20 @@ def report(res: dict[str, Any], loops: tuple[str, ...], quick: bool, wall: float
         f"{m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}, "
         f"{m['implementation']} {m['python']}, uvloop {m['uvloop']}",
     ]
-    if "latency" in res:
-        lines += latency_md(res["latency"]) + split_md(res["latency"])
-    if "busy" in res:
-        lines += busy_md(res["busy"])
-    if "storm" in res:
-        lines += storm_md(res["storm"])
-    if "fanout" in res:
-        lines += fanout_md(res["fanout"])
-    if "memory" in res:
-        lines += memory_md(res["memory"])
+    sections = {
+        "latency": lambda r: latency_md(r) + split_md(r),
+        "busy": busy_md,
+        "storm": storm_md,
+        "fanout": fanout_md,
+        "memory": memory_md,
+    }
+    for name, render in sections.items():
+        if name not in res:
+            continue
+        if "error" in res[name]:  # the question failed: say so, keep the others
+            lines.append(f"\n### {name}: FAILED ({res[name]['error']})")
+            continue
+        lines += render(res[name])
     lines += targets_md(res["targets"])
     return "\n".join(lines) + "\n"
 
@@ -356,7 +360,8 @@ def main() -> int:
             C.progress(f"{name} FAILED: {exc!r}")
             res[name] = {"error": repr(exc)}
         C.progress(f"{name} done in {time.monotonic() - t:.1f} s")
-    res["targets"] = targets(res, loops)
+    ok = {k: v for k, v in res.items() if not (isinstance(v, dict) and "error" in v)}
+    res["targets"] = targets(ok, loops)
     wall = time.monotonic() - t_start
     res["wall_s"] = wall
     text = report(res, loops, args.quick, wall)

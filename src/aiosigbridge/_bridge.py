@@ -518,7 +518,10 @@ class SignalBridge:
             return
         current = asyncio.current_task(self._loop)
         pending, handled = self._pending_interrupts.setdefault(sig, ([], set()))
-        seen = {id(r.target) for r in pending}
+        # One interruption per target for this delivery.  (Earlier deliveries not yet
+        # dispatched do not count: a task that caught their interrupt is interrupted
+        # again.)
+        seen: set[int] = set()
         to_raise: BaseException | None = None
         for h in regs:
             handled.add(id(h))
