@@ -233,3 +233,35 @@ async def test_interrupt_true_without_running_task_takes_the_main_task() -> None
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(target, TIMEOUT)
     sender.join()
+
+
+async def test_each_delivery_interrupts_again() -> None:
+    """A task that catches the interrupt and goes on hogging the CPU (no await in
+    between) is interrupted again by the next signal."""
+    asb.add_handler(SIG, lambda ev: None, interrupt=True)
+    rounds = 3
+    busy = [threading.Event() for _ in range(rounds)]
+    caught: list[int] = []
+
+    async def hog() -> None:
+        for i in range(rounds):
+            deadline = time.monotonic() + 30
+            try:
+                busy[i].set()
+                while True:  # never awaits
+                    if time.monotonic() >= deadline:
+                        return
+            except asyncio.CancelledError:
+                caught.append(i)
+
+    def sender() -> None:
+        for i in range(rounds):
+            if busy[i].wait(TIMEOUT):
+                os.kill(os.getpid(), SIG)
+
+    task = asyncio.ensure_future(hog())
+    t = threading.Thread(target=sender)
+    t.start()
+    await asyncio.wait_for(task, TIMEOUT * 2)
+    t.join()
+    assert caught == [0, 1, 2]
