@@ -607,7 +607,10 @@ int sb_drain(int slot, sb_record *out, int max)
     while (read(s->rfd, sink, sizeof sink) == (ssize_t)sizeof sink) {
         /* a short read emptied the pipe: no second read() just to see EAGAIN */
     }
-    atomic_store_explicit(&s->woken, 0, memory_order_seq_cst);
+    /* An exchange (a read-modify-write), not a store: it reads the value a handler's
+     * exchange wrote and so orders the state reads below after that handler's writes,
+     * on weakly ordered CPUs too (a store followed by acquire loads would not). */
+    atomic_exchange_explicit(&s->woken, 0, memory_order_acq_rel);
     return drain_state(s, out, max);
 }
 

@@ -314,12 +314,13 @@ class SignalBridge:
         another bridge still uses it.  Calling it again does nothing."""
         if self._closed:
             return
-        tasks = self._shutdown()
         current = asyncio.current_task()
-        tasks = [t for t in tasks if t is not current]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._close_storage()
+        tasks = self._shutdown(spare=current)
+        try:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._close_storage()
 
     def close(self) -> None:
         """Synchronous :meth:`aclose` for callbacks and loop teardown: runs in progress
@@ -410,12 +411,14 @@ class SignalBridge:
                 self._receivers.pop(int(s), None)
             self._unwatch(int(s))
 
-    def _shutdown(self) -> list[asyncio.Task[Any]]:
+    def _shutdown(self, spare: asyncio.Task[Any] | None = None) -> list[asyncio.Task[Any]]:
+        """Unregister everything and cancel the handler runs in progress (but ``spare``,
+        the task calling aclose() from a handler)."""
         self._closed = True
         tasks: list[asyncio.Task[Any]] = []
         for regs in list(self._handlers.values()):
             for h in regs:
-                tasks.extend(h.running)
+                tasks.extend(t for t in h.running if t is not spare)
                 if h.active:
                     self._remove(h)
         for rxs in list(self._receivers.values()):
@@ -585,7 +588,9 @@ class SignalBridge:
                     t.cancel(f"aiosigbridge: superseded by a newer {ev.name}")
         try:
             result = h.handler(ev)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # CancelledError too: a failure, never lost
             self.chain.failed(h, ev, exc, recs)
             return
         if result is None:
@@ -629,6 +634,12 @@ async def _await(aw: Awaitable[Any]) -> Any:
 
 
 def _check_handler(handler: object) -> None:
+    if inspect.isasyncgenfunction(handler):
+        msg = (
+            f"handler must be a function or an async function, not the async generator "
+            f"function {handler!r}: to iterate signals, use open_receiver()"
+        )
+        raise TypeError(msg)
     if inspect.iscoroutine(handler) or inspect.isawaitable(handler):
         msg = (
             f"handler must be a function, got the awaitable {handler!r}: pass the async "
@@ -685,18 +696,28 @@ def get_bridge(
         msg = "get_bridge(): the event loop is closed; bridge a loop before closing it"
         raise RuntimeError(msg)
     with _bridges_lock:
+        stale = [b for lp, b in _bridges.items() if lp.is_closed()]
+    for other in stale:  # loops closed without shutting down their async generators
+        other.close()  # (outside the lock: close() takes it to forget the bridge)
+    with _bridges_lock:
         bridge = _bridges.get(loop)
         if bridge is not None and not bridge.closed:
             return bridge
-        for other in [b for lp, b in _bridges.items() if lp.is_closed()]:
-            other.close()  # loops closed without shutting down their async generators
         bridge = SignalBridge(loop, DEFAULT_CAPACITY if capacity is None else capacity)
         _bridges[loop] = bridge
         with contextlib.suppress(RuntimeError):
             if asyncio.get_running_loop() is loop:
                 bridge.main_task = asyncio.current_task()
     bridge._closer = _install_closer(bridge)
+    if bridge._closer is None:
+        # Made before the loop runs: tie it to the loop's shutdown once it does.
+        loop.call_soon(_late_closer, bridge)
     return bridge
+
+
+def _late_closer(bridge: SignalBridge) -> None:
+    if bridge._closer is None and not bridge.closed:
+        bridge._closer = _install_closer(bridge)
 
 
 def _install_closer(bridge: SignalBridge) -> AsyncGenerator[None, None] | None:

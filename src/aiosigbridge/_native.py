@@ -214,10 +214,13 @@ class _Bridged:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         hook = _python_hook
         st = registry.signals.get(signum)
-        if hook is not None and st is not None and (st.interrupters or st.fast):
-            hook(signum, frame)
+        # The previous handler first: the interrupt hook may raise into the running
+        # task, which would skip it.  (If it raises, e.g. KeyboardInterrupt, Python's own
+        # semantics win and the interrupt comes from the dispatch instead.)
         if st is not None and not st.consumers and _is_python_callable(st.python_original):
             st.python_original(signum, frame)
+        if hook is not None and st is not None and (st.interrupters or st.fast):
+            hook(signum, frame)
 
     def __repr__(self) -> str:
         return "<aiosigbridge.BRIDGED>"
@@ -428,7 +431,7 @@ class Registry:
         """Cheap check at each drain: did Python code call signal.signal() on a bridged
         signal?  (Python's table changes with it; C-level replacement is found by
         replaced().)"""
-        for sig, st in self.signals.items():
+        for sig, st in list(self.signals.items()):  # other threads may add or remove
             if st.warned:
                 continue
             # _signal.getsignal: signal.getsignal() without the enum conversion, which
@@ -501,7 +504,15 @@ class Subscription:
             raise ValueError(msg)
         fd = ffi.new("int *")
         with registry.lock:
-            self.slot = check(lib.sb_subscribe(capacity, fd), "aiosigbridge subscribe")
+            rc = lib.sb_subscribe(capacity, fd)
+            if rc == -errno.EMFILE:
+                msg = (
+                    f"aiosigbridge serves at most {lib.SB_MAX_SLOTS} event loops (bridges "
+                    "and task dumps) per process at once: aclose() the bridges of loops "
+                    "you no longer use"
+                )
+                raise RuntimeError(msg)
+            self.slot = check(rc, "aiosigbridge subscribe")
             registry.subscriptions.add(self)
         self.read_fd = int(fd[0])
         self.capacity = capacity

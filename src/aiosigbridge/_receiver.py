@@ -76,6 +76,14 @@ class SignalReceiver:
         self._waiter = waiter
         try:
             ev = await waiter
+        except BaseException:
+            # Woken with an event, then cancelled before it could return it: keep the
+            # event for the next __anext__ rather than lose it.
+            if waiter.done() and not waiter.cancelled():
+                kept = waiter.result()
+                if kept is not _END:
+                    self._queue.appendleft(kept)
+            raise
         finally:
             self._waiter = None
         if ev is _END:
