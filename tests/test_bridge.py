@@ -641,3 +641,72 @@ async def test_stock_loop_dispatches_from_pythons_handler_in_select() -> None:
     await asyncio.wait_for(finished.wait(), TIMEOUT)
     sender.join()
     assert seen_fast == [stock]
+
+
+async def test_cancelled_error_from_a_sync_handler_is_a_failure(
+    loop_errors: list[dict[str, Any]],
+) -> None:
+    """A sync handler raising CancelledError (a BaseException) is reported like any
+    failure; the other events of the same drain are still dispatched."""
+
+    def bad(ev: asb.SignalEvent) -> None:
+        raise asyncio.CancelledError("from a handler")
+
+    other = Collector()
+    bridge = asb.get_bridge()
+    bridge.add_handler(SIG, bad)
+    bridge.add_handler(SIG2, other)
+    os.kill(os.getpid(), SIG)
+    os.kill(os.getpid(), SIG2)  # both pending: one drain
+    await other.wait(1)
+    assert [type(c["exception"]) for c in loop_errors] == [asyncio.CancelledError]
+    loop_errors.clear()
+
+
+async def test_aclose_from_inside_a_handler() -> None:
+    """A handler may close its own bridge: it is not cancelled, and everything is freed."""
+    done = asyncio.Event()
+    bridge = asb.get_bridge()
+
+    async def closer(ev: asb.SignalEvent) -> None:
+        await asyncio.sleep(0)
+        await bridge.aclose()
+        done.set()
+
+    bridge.add_handler(SIG, closer)
+    os.kill(os.getpid(), SIG)
+    await asyncio.wait_for(done.wait(), TIMEOUT)
+    assert bridge.closed
+    assert bridge._sub.closed
+    assert _native.disposition(SIG)[0] == _native.DISP_DEFAULT
+
+
+async def test_async_generator_function_is_refused() -> None:
+    """An async generator function would never run as a handler: TypeError naming the
+    receiver instead."""
+
+    async def agen(ev: asb.SignalEvent) -> Any:
+        yield ev
+
+    with pytest.raises(TypeError, match="open_receiver"):
+        asb.get_bridge().add_handler(SIG, agen)
+
+
+def test_get_bridge_after_a_loop_closed_without_shutdown() -> None:
+    """A loop closed without shutting down its async generators: the next get_bridge()
+    closes its bridge (giving the signal back) without deadlocking."""
+    old = asyncio.new_event_loop()
+
+    async def setup() -> None:
+        asb.get_bridge().add_handler(SIG, lambda ev: None)
+
+    old.run_until_complete(setup())
+    old.close()
+    assert _native.disposition(SIG)[0] == _native.DISP_OURS
+    new = asyncio.new_event_loop()
+    try:
+        bridge = asb.get_bridge(new)
+        assert _native.disposition(SIG)[0] == _native.DISP_DEFAULT
+        bridge.close()
+    finally:
+        new.close()

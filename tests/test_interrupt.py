@@ -265,3 +265,27 @@ async def test_each_delivery_interrupts_again() -> None:
     await asyncio.wait_for(task, TIMEOUT * 2)
     t.join()
     assert caught == [0, 1, 2]
+
+
+async def test_previous_python_handler_still_runs_with_interrupt() -> None:
+    """With interrupt=True, a signal.signal() handler installed before still runs
+    (consume=False), even when the interrupt is raised into the running task."""
+    calls: list[int] = []
+    old = signal.signal(SIG, lambda s, f: calls.append(s))
+    try:
+        bridge = asb.get_bridge()
+        bridge.add_handler(SIG, lambda ev: None, interrupt=True)
+
+        async def hog() -> None:
+            os.kill(os.getpid(), SIG)  # raised into this task at the next bytecode
+            deadline = time.monotonic() + 30
+            while True:
+                if time.monotonic() >= deadline:
+                    return
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.ensure_future(hog()), TIMEOUT)
+        assert calls == [SIG]
+        await bridge.aclose()
+    finally:
+        signal.signal(SIG, old)

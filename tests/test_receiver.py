@@ -105,3 +105,20 @@ async def test_two_receivers_each_get_every_event() -> None:
         ea = await asyncio.wait_for(a.__anext__(), TIMEOUT)
         eb = await asyncio.wait_for(b.__anext__(), TIMEOUT)
     assert ea == eb
+
+
+async def test_cancelled_consumer_does_not_lose_its_event() -> None:
+    """A consumer woken with an event but cancelled before it resumed: the event stays
+    for the next __anext__."""
+    loop = asyncio.get_running_loop()
+    async with asb.open_receiver(signal.SIGUSR1) as rx:
+        consumer = asyncio.ensure_future(rx.__anext__())
+        await asyncio.sleep(0)
+        # Handlers run before receivers in a dispatch: this schedules the cancel ahead
+        # of the consumer's wake-up, i.e. after the event was handed to it.
+        asb.add_handler(signal.SIGUSR1, lambda ev: loop.call_soon(consumer.cancel))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        ev = await asyncio.wait_for(rx.__anext__(), TIMEOUT)
+    assert ev.signum is signal.SIGUSR1
