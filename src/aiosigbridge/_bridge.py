@@ -168,7 +168,6 @@ class SignalBridge:
         self._watch_count: dict[int, int] = {}
         self._stats: dict[int, SignalStats] = {}
         self._closed = False
-        self._thread = threading.get_ident()
         # The stock selector loop in the main thread can dispatch from Python's own
         # handler while it waits in select() (see _python_signal_hook): its reader's
         # wake-up costs more than the rest of the path.  uvloop's is cheap, and

@@ -54,7 +54,6 @@ MAX_CAPACITY: int = lib.SB_MAX_CAPACITY
 
 SI_USER: int = lib.SI_USER
 SI_QUEUE: int = lib.SI_QUEUE
-SI_TIMER: int = lib.SI_TIMER
 SI_KERNEL: int | None = None if lib.SB_SI_KERNEL == lib.SB_SI_NONE else lib.SB_SI_KERNEL
 SI_TKILL: int | None = None if lib.SB_SI_TKILL == lib.SB_SI_NONE else lib.SB_SI_TKILL
 CLD_CODES = frozenset(
