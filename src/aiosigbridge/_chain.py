@@ -16,7 +16,6 @@ a failure goes to the loop's exception handler with the event attached
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import sys
 from collections.abc import Callable
@@ -121,8 +120,8 @@ class Interruption:
         self.event: SignalEvent | None = None
         self.handler_timeout = handler_timeout
         self.raised = raised  # the CancelledError the hook raised inside the target
-        self.failures: list[BaseException] = []
-        self._orphans: list[tuple[HandlerHandle, BaseException]] = []
+        self._failed: list[tuple[HandlerHandle, BaseException]] = []  # to chain
+        self._orphans: list[tuple[HandlerHandle, BaseException]] = []  # to report
         self.running: dict[asyncio.Task[Any], HandlerHandle] = {}
         self.final: BaseException | None = None  # what the target ended with
         self.target_done = False
@@ -159,7 +158,7 @@ class Interruption:
         if self.target_done and self.final is None:
             self._orphan(h, exc)
             return
-        self.failures.append(exc)
+        self._failed.append((h, exc))
         self._attach()
 
     # -- the target's end ---------------------------------------------------------------
@@ -172,16 +171,17 @@ class Interruption:
             self.final = task.exception()
         if self.final is None:
             # Ended normally: nothing to chain onto.
-            for exc in self.failures:
-                self._orphans.append((self._handle_of(exc), exc))
-            self.failures.clear()
+            self._orphans.extend(self._failed)
+            self._failed.clear()
         self._attach()
         if self.running:
             self._timer = self.loop.call_later(self.handler_timeout, self._time_out)
         self._maybe_settled()
 
-    def _handle_of(self, exc: BaseException) -> Any:
-        return getattr(exc, "_aiosigbridge_handle", None)
+    @property
+    def failures(self) -> list[BaseException]:
+        """The failures chained (or to be chained) onto the task's exception."""
+        return [exc for _, exc in self._failed]
 
     def _time_out(self) -> None:
         for task, h in list(self.running.items()):
@@ -200,15 +200,15 @@ class Interruption:
 
     def _attach(self) -> None:
         final = self.final
-        if final is None or not self.failures:
+        failures = self.failures
+        if final is None or not failures:
             self._flush_orphans()
             return
-        if len(self.failures) == 1:
-            cause: BaseException = self.failures[0]
+        if len(failures) == 1:
+            cause: BaseException = failures[0]
         else:
             cause = BaseExceptionGroup(
-                f"{len(self.failures)} handlers for {signal_name(self.signum)} failed",
-                list(self.failures),
+                f"{len(failures)} handlers for {signal_name(self.signum)} failed", failures
             )
         previous = getattr(final, "_aiosigbridge_cause", None)
         if final.__cause__ is None or final.__cause__ is previous:
@@ -225,7 +225,7 @@ class Interruption:
     def _flush_orphans(self) -> None:
         while self._orphans:
             h, exc = self._orphans.pop(0)
-            if self.event is not None and h is not None:
+            if self.event is not None:
                 _report(self.loop, h, self.event, exc)
             else:
                 self.loop.call_exception_handler(
@@ -273,8 +273,6 @@ class FailureChain:
     ) -> None:
         add_note(exc, describe(h, ev))
         if interruptions:
-            with contextlib.suppress(AttributeError):  # exceptions with __slots__
-                exc._aiosigbridge_handle = h  # type: ignore[attr-defined]
             for rec in interruptions:
                 rec.failed(h, exc)
             return
