@@ -16,13 +16,14 @@ line on stdout after READY; the sender prints its send times.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,9 +195,7 @@ def paced_run(
     return t0, result
 
 
-def floor_run(
-    *, sig: int, total: int, recv_cpu: int | None, send_cpu: int | None
-) -> list[int]:
+def floor_run(*, sig: int, total: int, recv_cpu: int | None, send_cpu: int | None) -> list[int]:
     """The C sigwaitinfo floor: latencies in ns (all of them, warm-up included)."""
     r_ack, w_ack = os.pipe()
     try:
@@ -215,8 +214,17 @@ def floor_run(
             msg = "c_floor floor did not start"
             raise RunError(msg)
         send = subprocess.run(
-            [str(C_FLOOR), "send", str(recv.pid), str(sig), str(total), str(r_ack), "100",
-             "150", "0"],
+            [
+                str(C_FLOOR),
+                "send",
+                str(recv.pid),
+                str(sig),
+                str(total),
+                str(r_ack),
+                "100",
+                "150",
+                "0",
+            ],
             stdout=subprocess.PIPE,
             pass_fds=(r_ack,),
             preexec_fn=_pinned(send_cpu),
@@ -237,6 +245,30 @@ def floor_run(
 
 
 # -- receiver side ----------------------------------------------------------------------
+
+
+def paced_main(
+    doc: str,
+    default_target: str,
+    receiver: Callable[[str, str, int, int], None],
+    run: Callable[[bool, tuple[str, ...]], Any],
+    format_table: Callable[[Any], str],
+) -> None:
+    """The command line of a benchmark paced by acknowledgements (bench_latency,
+    bench_busy): an orchestrator that prints the table, or one receiver process."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--role", default="orchestrator", choices=("orchestrator", "receiver"))
+    ap.add_argument("--target", default=default_target)
+    ap.add_argument("--loop", default="both", choices=("asyncio", "uvloop", "both"))
+    ap.add_argument("--total", type=int, default=0)
+    ap.add_argument("--ack-fd", type=int, default=-1)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.role == "receiver":
+        receiver(args.target, args.loop, args.total, args.ack_fd)
+        return
+    loops = LOOPS if args.loop == "both" else (args.loop,)
+    print(format_table(run(args.quick, loops)))
 
 
 def new_loop(kind: str) -> Any:

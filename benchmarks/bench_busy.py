@@ -19,7 +19,6 @@ raises, or when the handler runs but the hogging task is never interrupted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -212,19 +211,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--role", default="orchestrator", choices=("orchestrator", "receiver"))
-    ap.add_argument("--target", default="asb-interrupt")
-    ap.add_argument("--loop", default="both", choices=("asyncio", "uvloop", "both"))
-    ap.add_argument("--total", type=int, default=0)
-    ap.add_argument("--ack-fd", type=int, default=-1)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    if args.role == "receiver":
-        receiver(args.target, args.loop, args.total, args.ack_fd)
-        return
-    loops = C.LOOPS if args.loop == "both" else (args.loop,)
-    print(format_table(run(args.quick, loops)))
+    C.paced_main(__doc__ or "", "asb-interrupt", receiver, run, format_table)
 
 
 if __name__ == "__main__":

@@ -150,9 +150,7 @@ def run(quick: bool = False, loops: tuple[str, ...] = C.LOOPS) -> dict[str, Any]
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = [
-        f"{'loops':12} {'all p50':>8} {'all p99':>8} {'first p50':>9} {'cpu us/sig':>10}"
-    ]
+    lines = [f"{'loops':12} {'all p50':>8} {'all p99':>8} {'first p50':>9} {'cpu us/sig':>10}"]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"{name:12} {r['error']}")

@@ -21,7 +21,6 @@ latency into kill() -> C handler -> (reader callback ->) handler start.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import select
@@ -237,8 +236,10 @@ def format_table(results: dict[str, Any]) -> str:
     for scen, res in results.items():
         floor = res.get("c/floor", {}).get("lat", {})
         lines.append(f"\n{scen}: latency kill() -> handler start, us")
-        lines.append(f"{'target':28} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>8}"
-                     f" {'p50/floor':>9}")
+        lines.append(
+            f"{'target':28} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>8}"
+            f" {'p50/floor':>9}"
+        )
         for name, r in res.items():
             if "lat" not in r:
                 lines.append(f"{name:28} {r.get('error', '?')}")
@@ -253,19 +254,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--role", default="orchestrator", choices=("orchestrator", "receiver"))
-    ap.add_argument("--target", default="asb-coro")
-    ap.add_argument("--loop", default="both", choices=("asyncio", "uvloop", "both"))
-    ap.add_argument("--total", type=int, default=0)
-    ap.add_argument("--ack-fd", type=int, default=-1)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    if args.role == "receiver":
-        receiver(args.target, args.loop, args.total, args.ack_fd)
-        return
-    loops = C.LOOPS if args.loop == "both" else (args.loop,)
-    print(format_table(run(args.quick, loops)))
+    C.paced_main(__doc__ or "", "asb-coro", receiver, run, format_table)
 
 
 if __name__ == "__main__":
