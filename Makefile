@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SRC := pyproject.toml setup.py cbits/sigbridge.c cbits/sigbridge.h cbits/sigbridge.cdef.h cbits/build_ffi.py
+SRC := pyproject.toml setup.py $(wildcard cbits/*.c cbits/*.h) cbits/build_ffi.py
 
 .PHONY: venv test lint pytest bench bench-quick stress stress-quick sanitize demo clean
 

@@ -1,4 +1,4 @@
-"""The cffi builder: compiles cbits/sigbridge.c into ``aiosigbridge._sigbridge``."""
+"""The cffi builder: compiles cbits/*.c into ``aiosigbridge._sigbridge``."""
 
 import os
 import sys
@@ -30,7 +30,7 @@ ffibuilder.set_source(
     "aiosigbridge._sigbridge",
     '#include "sigbridge.h"',
     # Relative to the project root, where setuptools runs the build.
-    sources=["cbits/sigbridge.c"],
+    sources=["cbits/sigbridge.c", "cbits/sb_storage.c", "cbits/sb_owner.c"],
     include_dirs=["cbits"],
     # PyErr_SetInterruptEx is in the stable ABI since 3.10: cffi's default empty
     # Py_LIMITED_API would hide it.

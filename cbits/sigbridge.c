@@ -1,267 +1,344 @@
-/* aiosigbridge: the C signal handler, per-subscriber storage, install/restore.
+/* aiosigbridge: the C signal handler.
  *
  * Why it works this way
  * ---------------------
  * Python's own handler (signal.signal) loses siginfo, wakes one fd per process and
- * carries data in a wake-up byte that is dropped when the pipe is full.  Here the
- * handler installed with sigaction(SA_SIGINFO) records each delivery with its sender
- * into storage owned by each subscriber (one per event loop), *then* writes one byte
- * (the signal number, the PySignal_SetWakeupFd wire format) to that subscriber's
- * non-blocking pipe.  The byte is only a wake-up: state first, byte second, so a full
- * pipe (EAGAIN) loses nothing.  The reader drains the pipe first and the state second.
+ * carries data in a wake-up byte that is dropped when the pipe is full.  The handler
+ * here, installed with sigaction(SA_SIGINFO), records each delivery with its sender
+ * into storage owned by each subscriber (sb_storage.c), then writes one wake-up byte
+ * to that subscriber's pipe; it forwards the delivery to Python's own machinery with
+ * PyErr_SetInterruptEx where Python's table holds a callable for the signal, and calls
+ * a foreign C handler that was there before it.  What it does for each signal is
+ * decided by the owner (sb_owner.c) and read here lock-free from g_sig[].
  *
- * Storage per subscriber:
- *   - queued (realtime) signals: a bounded multi-producer ring (Vyukov's bounded queue,
- *     producers claim a cell with a CAS on `head`, publish it with a release store of the
- *     cell's sequence number).  Producers are signal handlers on any thread (they do
- *     not nest on one thread: the action blocks the other signals while it runs); the
- *     single consumer is the subscriber's drain.  A full ring
- *     counts overflow, per subscriber and signal: never silent.
- *   - standard signals: one pending record per signal plus a delivery count.  The
- *     delivery that moves the count from 0 writes the record; later ones only count
- *     (they are "coalesced" into it), exactly as the kernel would coalesce them.
- *
- * Fan-out safety: a subscriber's storage and pipe are freed only after its `busy`
- * count (handlers currently using it) has drained to zero with `active` cleared, so a
- * handler on another thread never writes to a closed (and possibly reused) fd.
+ * When the signal is not bridged (no subscriber holds it, or this is a forked child
+ * whose at-fork handler has not run yet, or a C handler installed over ours still
+ * chains to ours after the bridge let go), the handler acts as the original action
+ * would: SIG_DFL terminates (or stops, or is ignored, as the default is), SIG_IGN
+ * ignores, a handler is called.
  *
  * Async-signal-safety of the handler path (sb_handler and what it calls):
  *   errno (save/restore)      plain variable access
  *   clock_gettime             async-signal-safe (POSIX.1-2008 list)
- *   getpid                    async-signal-safe
+ *   getpid                    async-signal-safe; a system call on glibc >= 2.25, so it
+ *                             is right in a forked child too
+ *   sigaction                 async-signal-safe: reading the current action (is it
+ *                             ours, with SA_SIGINFO?), giving back SIG_DFL
+ *   sigemptyset, sigaddset, sigismember, sigpending, pthread_sigmask, raise
+ *                             async-signal-safe (POSIX.1-2008 list): acting as SIG_DFL
+ *                             (reset, raise, unblock) and noticing a re-raise
+ *   pthread_self, pthread_equal  read and compare the thread pointer; no state
+ *   memset                    async-signal-safe (POSIX.1-2008 TC2)
  *   write                     async-signal-safe; the fd is O_NONBLOCK, EAGAIN ignored
  *   PyErr_SetInterruptEx      documented by CPython as safe to call from a signal
- *                             handler (it only sets atomics and writes the wakeup fd)
- *   sigaction                 async-signal-safe; only to give back SIG_DFL after the
- *                             number of deliveries set with sb_reset_after()
+ *                             handler (it only sets atomics and writes the wakeup fd);
+ *                             called only when Python's table holds a callable, the one
+ *                             case where it needs no thread state on any version
  *   C11 atomics               lock-free, checked at compile time and by sb_lock_free()
  *   the chained handler       whatever was installed before us; calling it is what the
  *                             kernel would have done
  * No malloc, no locks, no other Python API, and every loop is bounded (SB_MAX_SLOTS
- * subscribers, SB_CAS_TRIES attempts to claim a ring cell).
+ * subscribers, SB_CAS_TRIES attempts to claim a ring cell, SB_STD_SENDERS entries).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first: pyconfig.h sets the feature-test macros */
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "sigbridge.h"
+#include "sb_internal.h"
 
-#if ATOMIC_INT_LOCK_FREE != 2 || ATOMIC_LLONG_LOCK_FREE != 2 || ATOMIC_POINTER_LOCK_FREE != 2
-#error "aiosigbridge needs always-lock-free atomics: a signal handler cannot take a lock"
-#endif
+sb_sig g_sig[SB_NSIG];
+_Atomic int g_owner_pid;
+_Atomic int g_hold;
+_Atomic uint64_t g_deliveries;
+_Atomic int64_t g_main_handler_ns;
+static pthread_t g_main_thread;
+int g_rtmin = SB_NSIG;
+int g_rtmax = 0;
 
-#define SB_CAS_TRIES 64
-
-typedef struct {
-    _Atomic uint64_t seq;
-    sb_record rec;
-} sb_cell;
-
-typedef struct {
-    _Atomic uint32_t count; /* deliveries since the last drain */
-    _Atomic int ready;      /* `info` is fully written */
-    sb_record info;         /* written only by the delivery that moved count from 0 */
-} sb_std;
-
-typedef struct {
-    _Atomic int active;   /* handlers may use this slot */
-    _Atomic int busy;     /* handlers currently using it */
-    _Atomic int woken;    /* a wake byte is in the pipe and no drain has begun since */
-    _Atomic uint64_t mask; /* bit (sig - 1): subscribed */
-    int wfd;              /* written before `active` is set, read after: stable while busy */
-    int rfd;
-    sb_cell *cells;
-    uint64_t cap_mask;
-    _Atomic uint64_t head; /* next cell producers claim */
-    uint64_t tail;         /* next cell the consumer reads (consumer only) */
-    sb_std std[SB_NSIG];
-    _Atomic uint64_t received[SB_NSIG];
-    _Atomic uint64_t overflowed[SB_NSIG];
-    _Atomic uint64_t coalesced[SB_NSIG];
-} sb_slot;
-
-static sb_slot g_slots[SB_MAX_SLOTS];
-static _Atomic int g_slot_count; /* high-water mark of slots ever used */
-static pthread_mutex_t g_slots_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static _Atomic int g_owner_pid;
-static int g_rtmin = SB_NSIG; /* first queued signal; SB_NSIG where there are none */
-static int g_rtmax = 0;
-
-static _Atomic int g_forward[SB_NSIG];
-static _Atomic int g_chain[SB_NSIG];
-static _Atomic int g_installed[SB_NSIG];
-static int g_have_original[SB_NSIG];
-static struct sigaction g_original[SB_NSIG];
-static _Atomic uint64_t g_received[SB_NSIG];
-static _Atomic uint64_t g_forwarded[SB_NSIG];
-/* sb_reset_after(): after this many more deliveries the handler itself puts back
- * SIG_DFL, so that a process stuck in C code (no Python can run) still dies. */
-static _Atomic int g_reset_after[SB_NSIG];
 static struct sigaction g_default_action;
 
+int sb_valid_sig(int sig) { return sig > 0 && sig < SB_NSIG && sig < NSIG; }
+
+int sb_is_queued(int sig) { return sig >= g_rtmin && sig <= g_rtmax; }
+
 /* async-signal-safe: clock_gettime. */
-static int64_t now_ns(void)
+int64_t sb_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int64_t sb_monotonic_ns(void) { return now_ns(); }
+int64_t sb_monotonic_ns(void) { return sb_now_ns(); }
 
-static int valid_sig(int sig) { return sig > 0 && sig < SB_NSIG && sig < NSIG; }
+uint64_t sb_deliveries(void) { return atomic_load_explicit(&g_deliveries, memory_order_relaxed); }
 
-static int is_queued(int sig) { return sig >= g_rtmin && sig <= g_rtmax; }
+int64_t sb_main_handler_ns(void) { return atomic_load(&g_main_handler_ns); }
 
-/* async-signal-safe: reads siginfo fields only. */
-static void fill_record(sb_record *r, int sig, const siginfo_t *info, int64_t ts)
+/* The thread whose CPU time the interrupt hook reads (Python's main thread). */
+void sb_set_main_thread(void) { g_main_thread = pthread_self(); }
+
+static void sb_handler(int sig, siginfo_t *info, void *uctx);
+
+uintptr_t sb_handler_address(const struct sigaction *sa)
 {
-    r->timestamp_ns = ts;
-    r->signum = sig;
-    r->coalesced = 1;
-    if (info != NULL) {
-        r->code = info->si_code;
-        r->pid = (int32_t)info->si_pid;
-        r->uid = (uint32_t)info->si_uid;
-        r->status = info->si_status;
-        r->value = (int64_t)(intptr_t)info->si_value.sival_ptr;
-    } else {
-        r->code = 0;
-        r->pid = 0;
-        r->uid = 0;
-        r->status = 0;
-        r->value = 0;
-    }
+    if (sa->sa_flags & SA_SIGINFO)
+        return (uintptr_t)sa->sa_sigaction;
+    return (uintptr_t)sa->sa_handler;
 }
 
-/* async-signal-safe: atomics and plain stores into preallocated memory; bounded. */
-static int ring_push(sb_slot *s, int sig, const siginfo_t *info, int64_t ts)
+/* Ours whether or not SA_SIGINFO is set: C code that saved our action and put it back
+ * with signal() (prompt_toolkit does, for SIGINT) installs it without. */
+int sb_handler_is(const struct sigaction *sa)
 {
-    uint64_t pos = atomic_load_explicit(&s->head, memory_order_relaxed);
-    for (int tries = 0; tries < SB_CAS_TRIES; tries++) {
-        sb_cell *cell = &s->cells[pos & s->cap_mask];
-        uint64_t seq = atomic_load_explicit(&cell->seq, memory_order_acquire);
-        int64_t dif = (int64_t)(seq - pos);
-        if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&s->head, &pos, pos + 1,
-                                                      memory_order_relaxed,
-                                                      memory_order_relaxed)) {
-                fill_record(&cell->rec, sig, info, ts);
-                atomic_store_explicit(&cell->seq, pos + 1, memory_order_release);
-                return 1;
-            }
-            /* CAS failure reloaded pos: another producer won that cell. */
-        } else if (dif < 0) {
-            return 0; /* full: the consumer has not freed this cell yet */
-        } else {
-            pos = atomic_load_explicit(&s->head, memory_order_relaxed);
+    return sb_handler_address(sa) == (uintptr_t)sb_handler;
+}
+
+int sb_is_dfl_or_ign(const struct sigaction *sa)
+{
+    return !(sa->sa_flags & SA_SIGINFO) &&
+           (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
+}
+
+const struct sigaction *sb_original(int sig)
+{
+    int i = atomic_load_explicit(&g_sig[sig].orig_index, memory_order_acquire);
+    return i < 0 ? NULL : &g_sig[sig].original[i];
+}
+
+/* Owner only (under its lock): write the buffer the handler is not reading, then
+ * publish it. */
+void sb_set_original(int sig, const struct sigaction *sa)
+{
+    sb_sig *g = &g_sig[sig];
+    int next = atomic_load(&g->orig_index) == 0 ? 1 : 0;
+    if (sa == NULL) {
+        atomic_store(&g->orig_index, -1);
+        return;
+    }
+    g->original[next] = *sa;
+    atomic_store_explicit(&g->orig_index, next, memory_order_release);
+}
+
+/* Our action.  SA_RESTART as the owner decides (see sb_owner.c).  Every other
+ * catchable signal is blocked while the handler runs, so handlers never nest on one
+ * thread: nested signal frames (~3 KiB each with the FPU state) overflow a small
+ * sigaltstack such as faulthandler's within a few levels.  Deliveries to other threads
+ * still run concurrently, which the storage is built for.  Synchronous faults stay
+ * unblocked: a fault with its signal blocked is fatal anyway. */
+void sb_handler_action(struct sigaction *sa, int restart)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sa_sigaction = sb_handler;
+    sa->sa_flags = SA_SIGINFO | SA_ONSTACK | (restart ? SA_RESTART : 0);
+    sigfillset(&sa->sa_mask);
+    sigdelset(&sa->sa_mask, SIGSEGV);
+    sigdelset(&sa->sa_mask, SIGBUS);
+    sigdelset(&sa->sa_mask, SIGFPE);
+    sigdelset(&sa->sa_mask, SIGILL);
+}
+
+/* async-signal-safe: the one documented way into the interpreter from a handler.
+ * Only called while Python's table holds a callable for `sig` (see sb_owner.c). */
+void sb_forward(int sig)
+{
+    atomic_store_explicit(&g_sig[sig].fwd_pending, 1, memory_order_release);
+    PyErr_SetInterruptEx(sig);
+    atomic_fetch_add_explicit(&g_sig[sig].forwarded, 1, memory_order_relaxed);
+}
+
+/* Signals whose default action is to do nothing. */
+static int default_is_ignore(int sig)
+{
+    return sig == SIGCHLD || sig == SIGCONT || sig == SIGURG || sig == SIGWINCH;
+}
+
+/* async-signal-safe: what SIG_DFL would have done.  The signal is blocked while our
+ * handler runs: reset the action, raise it (pending), unblock it: the kernel applies
+ * the default action now.  Still here (a stop signal, then SIGCONT): put back what
+ * was installed. */
+static void default_action(int sig)
+{
+    if (default_is_ignore(sig))
+        return;
+    struct sigaction prev;
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    if (sigaction(sig, &g_default_action, &prev) != 0)
+        return;
+    raise(sig);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    pthread_sigmask(SIG_BLOCK, &one, NULL);
+    sigaction(sig, &prev, NULL);
+}
+
+/* async-signal-safe: call a saved action as the kernel would have.  `info` NULL: we
+ * have none (the kernel gave us none); a handler that wants one gets a zeroed one. */
+static void call_action(int sig, const struct sigaction *o, siginfo_t *info, void *uctx)
+{
+    if (o->sa_flags & SA_SIGINFO) {
+        siginfo_t zero;
+        if (info == NULL) {
+            memset(&zero, 0, sizeof zero);
+            zero.si_signo = sig;
+            info = &zero;
         }
+        o->sa_sigaction(sig, info, uctx);
+    } else if (o->sa_handler == SIG_DFL) {
+        default_action(sig);
+    } else if (o->sa_handler != SIG_IGN) {
+        o->sa_handler(sig);
     }
-    return 0; /* contention beyond the bound: counted as overflow, never silent */
 }
 
-/* async-signal-safe: atomics, preallocated memory. */
-static void std_push(sb_slot *s, int sig, const siginfo_t *info, int64_t ts)
+/* async-signal-safe: not bridged here: behave as the original action. */
+static void act_as_original(int sig, siginfo_t *info, void *uctx)
 {
-    sb_std *p = &s->std[sig];
-    if (atomic_fetch_add_explicit(&p->count, 1, memory_order_acq_rel) == 0) {
-        /* Only the delivery that moved the count from 0 writes the record, and the
-         * drain clears `ready` before it resets the count: one writer at a time. */
-        fill_record(&p->info, sig, info, ts);
-        atomic_store_explicit(&p->ready, 1, memory_order_release);
-    } else {
-        atomic_fetch_add_explicit(&s->coalesced[sig], 1, memory_order_relaxed);
+    sb_sig *g = &g_sig[sig];
+    const struct sigaction *o = sb_original(sig);
+    if (o == NULL || atomic_load(&g->oneshot_fired)) {
+        default_action(sig);
+        return;
     }
+    if (atomic_load(&g->oneshot) && atomic_exchange(&g->oneshot_fired, 1)) {
+        default_action(sig); /* SA_RESETHAND: the kernel would have reset it already */
+        return;
+    }
+    call_action(sig, o, info, uctx);
+}
+
+/* async-signal-safe: the foreign handler that was there before us runs after ours.
+ * It runs with every signal blocked (ours is still running): a handler that "chains
+ * on" by restoring its own previous action and raising the signal again
+ * (faulthandler.register(chain=True) does) leaves the signal pending instead of
+ * killing the process; that re-raise is its hand-back to the default action, which
+ * the bridge owns: it is absorbed (see absorbed()), and if the handler re-registered
+ * itself over ours, ours is put back. */
+static void chain_call(int sig, siginfo_t *info, void *uctx)
+{
+    sb_sig *g = &g_sig[sig];
+    const struct sigaction *o = sb_original(sig);
+    if (o == NULL)
+        return;
+    if (atomic_load(&g->oneshot)) {
+        /* SA_RESETHAND: once, as the kernel would; after that the default action,
+         * which the bridge took over. */
+        if (atomic_exchange(&g->oneshot_fired, 1))
+            return;
+    }
+    call_action(sig, o, info, uctx);
+    if (!atomic_load(&g->held))
+        return;
+    struct sigaction now;
+    if (sigaction(sig, NULL, &now) == 0 && !sb_handler_is(&now) &&
+        (sb_handler_address(&now) == sb_handler_address(o) || sb_is_dfl_or_ign(&now)))
+        sigaction(sig, &g->ours, NULL);
+    sigset_t pending;
+    if (sigpending(&pending) == 0 && sigismember(&pending, sig) == 1)
+        atomic_store(&g->absorb_thread, (uintptr_t)pthread_self());
+}
+
+/* async-signal-safe: the chained handler's own re-raise, coming back on its thread. */
+static int absorbed(int sig, const siginfo_t *info)
+{
+    sb_sig *g = &g_sig[sig];
+    uintptr_t t = atomic_load_explicit(&g->absorb_thread, memory_order_relaxed);
+    if (t == 0 || t != (uintptr_t)pthread_self())
+        return 0;
+    /* raise() is tgkill() on Linux (SI_TKILL); SI_USER where there is no SI_TKILL. */
+    int raise_code = SB_SI_TKILL != SB_SI_NONE ? SB_SI_TKILL : SI_USER;
+    int own_raise = info != NULL && info->si_pid == getpid() && info->si_code == raise_code;
+    if (!own_raise)
+        return 0;
+    atomic_store(&g->absorb_thread, 0);
+    return 1;
+}
+
+/* Is `info` what the kernel filled in for this delivery?  Only when the action that
+ * got us here has SA_SIGINFO: ours installed by C code without it, or a foreign
+ * handler without it that calls ours, hand us garbage. */
+static int info_is_real(const struct sigaction *cur)
+{
+    if (sb_handler_is(cur))
+        return (cur->sa_flags & SA_SIGINFO) != 0;
+    /* A foreign SA_SIGINFO handler chaining to ours passes what it got; SIG_DFL/IGN
+     * now: a restore raced with this delivery, which the kernel set up with ours. */
+    return (cur->sa_flags & SA_SIGINFO) || sb_is_dfl_or_ign(cur);
 }
 
 static void sb_handler(int sig, siginfo_t *info, void *uctx)
 {
-    /* 1. errno: write() and the chained handler may change it. */
+    /* 1. errno: write(), sigaction() and the chained handler may change it. */
     int saved_errno = errno;
-    if (!valid_sig(sig)) {
+    if (!sb_valid_sig(sig)) {
         errno = saved_errno;
         return;
     }
-    int64_t ts = now_ns(); /* clock_gettime: async-signal-safe */
-    atomic_fetch_add_explicit(&g_received[sig], 1, memory_order_relaxed);
-
-    /* After fork() the child shares the parent's pipes until its at-fork hook has run:
-     * getpid() (async-signal-safe) keeps the child's signals out of the parent's loops. */
-    int owner = getpid() == atomic_load_explicit(&g_owner_pid, memory_order_relaxed);
-    if (owner) {
-        uint64_t bit = (uint64_t)1 << (sig - 1);
-        int n = atomic_load_explicit(&g_slot_count, memory_order_acquire);
-        for (int i = 0; i < n; i++) { /* bounded by SB_MAX_SLOTS */
-            sb_slot *s = &g_slots[i];
-            if (!(atomic_load_explicit(&s->mask, memory_order_relaxed) & bit))
-                continue;
-            atomic_fetch_add_explicit(&s->busy, 1, memory_order_seq_cst);
-            if (atomic_load_explicit(&s->active, memory_order_seq_cst) &&
-                (atomic_load_explicit(&s->mask, memory_order_relaxed) & bit)) {
-                atomic_fetch_add_explicit(&s->received[sig], 1, memory_order_relaxed);
-                /* 2. record: state first ... */
-                if (is_queued(sig)) {
-                    if (!ring_push(s, sig, info, ts))
-                        atomic_fetch_add_explicit(&s->overflowed[sig], 1,
-                                                  memory_order_relaxed);
-                } else {
-                    std_push(s, sig, info, ts);
-                }
-                /* 4. ... byte second.  write() is async-signal-safe; the pipe is
-                 * non-blocking and EAGAIN (full) is fine: the state above holds the
-                 * truth, the byte only wakes the loop. */
-                if (!atomic_exchange_explicit(&s->woken, 1, memory_order_seq_cst)) {
-                    /* Only when no wake-up is pending: a storm costs one write per
-                     * drain, not one per signal.  A drain clears `woken` before it
-                     * reads the state, so a delivery that finds it set is seen by
-                     * the drain that byte will cause. */
-                    unsigned char byte = (unsigned char)sig;
-                    ssize_t w = write(s->wfd, &byte, 1);
-                    (void)w;
-                }
-            }
-            atomic_fetch_sub_explicit(&s->busy, 1, memory_order_seq_cst);
-        }
+    sb_sig *g = &g_sig[sig];
+    int64_t ts = sb_now_ns(); /* clock_gettime: async-signal-safe */
+    atomic_fetch_add_explicit(&g_deliveries, 1, memory_order_relaxed);
+    struct sigaction cur;
+    int have_cur = sigaction(sig, NULL, &cur) == 0;
+    if (info == NULL || !have_cur || !info_is_real(&cur)) {
+        info = NULL;
+        uctx = NULL;
     }
 
-    /* 3. Python's own machinery: PyErr_SetInterruptEx is documented as callable from a
-     * signal handler.  It runs Python's handler for `sig` at the next bytecode boundary
-     * in the main thread and writes the PySignal_SetWakeupFd byte, so asyncio/uvloop's
-     * own add_signal_handler keeps working.  Not in a forked child before its hook. */
-    if (owner && atomic_load_explicit(&g_forward[sig], memory_order_relaxed)) {
-        PyErr_SetInterruptEx(sig);
-        atomic_fetch_add_explicit(&g_forwarded[sig], 1, memory_order_relaxed);
+    /* Not bridged here (a forked child before its at-fork handler ran: getpid() is a
+     * system call, right in the child; or nobody holds the signal): the original. */
+    if (getpid() != atomic_load_explicit(&g_owner_pid, memory_order_relaxed) ||
+        !atomic_load_explicit(&g->held, memory_order_acquire)) {
+        act_as_original(sig, info, uctx);
+        errno = saved_errno;
+        return;
+    }
+    if (absorbed(sig, info)) {
+        errno = saved_errno;
+        return;
+    }
+    atomic_fetch_add_explicit(&g->received, 1, memory_order_relaxed);
+
+    /* 2. record, and 4. wake each subscriber: state first, byte second (sb_storage.c). */
+    sb_store(sig, info, ts);
+
+    /* 3. Python's own machinery, only while Python's table holds a callable for sig
+     * (the owner sets `forward` only then) and the action is not SIG_DFL/SIG_IGN now
+     * (signal.signal() changes the action before the table: an action that is
+     * SIG_DFL/IGN means a table about to say so).  During a change of process-wide
+     * state (g_hold) the forward is owed, and paid when the change ends, so that no
+     * Python-level handler runs in the middle of it. */
+    if (atomic_load_explicit(&g->forward, memory_order_acquire) && have_cur &&
+        !sb_is_dfl_or_ign(&cur)) {
+        atomic_store(&g->owed, 1);
+        if (!atomic_load(&g_hold) && atomic_exchange(&g->owed, 0))
+            sb_forward(sig);
     }
 
-    /* A foreign C handler that was there before us is called after ours, as the
-     * kernel would have called it.  g_original is written before our action is
-     * installed (sigaction is the barrier) and not changed while it is. */
-    if (atomic_load_explicit(&g_chain[sig], memory_order_relaxed)) {
-        const struct sigaction *prev = &g_original[sig];
-        if (prev->sa_flags & SA_SIGINFO)
-            prev->sa_sigaction(sig, info, uctx);
-        else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN)
-            prev->sa_handler(sig);
-    }
+    /* A foreign C handler that was there before us, after ours. */
+    if (atomic_load_explicit(&g->chain, memory_order_relaxed))
+        chain_call(sig, info, uctx);
 
-    /* Escalation (asb.run(): a third shutdown signal kills): sigaction is
-     * async-signal-safe and g_default_action was filled in by sb_init(). */
-    if (atomic_load_explicit(&g_reset_after[sig], memory_order_relaxed) > 0 &&
-        atomic_fetch_sub_explicit(&g_reset_after[sig], 1, memory_order_acq_rel) == 1) {
-        atomic_store_explicit(&g_forward[sig], 0, memory_order_relaxed);
+    /* Escalation (asb.run(): a third shutdown signal kills a process stuck in C):
+     * sigaction is async-signal-safe and g_default_action was filled in by sb_init(). */
+    if (atomic_load_explicit(&g->reset_after, memory_order_relaxed) > 0 &&
+        atomic_fetch_sub_explicit(&g->reset_after, 1, memory_order_acq_rel) == 1) {
+        atomic_store(&g->forward, 0);
+        atomic_store(&g->escalated, 1);
         sigaction(sig, &g_default_action, NULL);
     }
+
+    /* What the handler cost the main thread is not the interrupted code's own time
+     * (the interrupt hook's measure of a task hogging the CPU). */
+    if (pthread_equal(pthread_self(), g_main_thread))
+        atomic_fetch_add_explicit(&g_main_handler_ns, sb_now_ns() - ts, memory_order_relaxed);
 
     /* 5. errno restored. */
     errno = saved_errno;
@@ -274,56 +351,72 @@ int sb_lock_free(void)
     return atomic_is_lock_free(&u64) && atomic_is_lock_free(&i32);
 }
 
+static void after_fork_child(void);
+
 int sb_init(void)
 {
+    static int done;
     if (!sb_lock_free())
         return -ENOTSUP;
+    if (done)
+        return 0;
+    done = 1;
 #ifdef SIGRTMIN
     g_rtmin = SIGRTMIN; /* a function call on glibc: cache it outside the handler */
     g_rtmax = SIGRTMAX;
 #endif
+    for (int sig = 0; sig < SB_NSIG; sig++)
+        atomic_store(&g_sig[sig].orig_index, -1);
     atomic_store(&g_owner_pid, (int)getpid());
+    g_main_thread = pthread_self();
     memset(&g_default_action, 0, sizeof g_default_action);
     g_default_action.sa_handler = SIG_DFL;
     sigemptyset(&g_default_action.sa_mask);
-    return 0;
+    /* From the instant fork() returns in a child (C code's forks included, which run no
+     * Python hook), every bridged signal has its original action back. */
+    int rc = pthread_atfork(NULL, NULL, after_fork_child);
+    return rc == 0 ? 0 : -rc;
 }
 
-int sb_reset_after(int sig, int deliveries)
+/* In the child, inside fork(): one thread, no locks held by anyone else.  The original
+ * actions come back (sigaction), the subscriptions are dropped (sb_storage.c). */
+static void after_fork_child(void)
 {
-    if (!valid_sig(sig) || deliveries < 0)
-        return -EINVAL;
-    atomic_store(&g_reset_after[sig], deliveries);
-    return 0;
+    for (int sig = 1; sig < SB_NSIG; sig++) {
+        sb_sig *g = &g_sig[sig];
+        if (!atomic_load(&g->held))
+            continue;
+        atomic_store(&g->held, 0);
+        atomic_store(&g->forward, 0);
+        atomic_store(&g->chain, 0);
+        atomic_store(&g->reset_after, 0);
+        struct sigaction cur;
+        if (sigaction(sig, NULL, &cur) == 0 && sb_handler_is(&cur)) {
+            const struct sigaction *o = sb_original(sig);
+            if (o == NULL || atomic_load(&g->oneshot_fired))
+                o = &g_default_action;
+            sigaction(sig, o, NULL);
+        }
+    }
+    sb_storage_after_fork_child();
+    sb_owner_after_fork_child();
 }
 
 int sb_rtmin(void) { return g_rtmin < SB_NSIG ? g_rtmin : 0; }
 int sb_rtmax(void) { return g_rtmax; }
 
-static int handler_is_ours(const struct sigaction *sa)
-{
-    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == sb_handler;
-}
-
-static uintptr_t handler_address(const struct sigaction *sa)
-{
-    if (sa->sa_flags & SA_SIGINFO)
-        return (uintptr_t)sa->sa_sigaction;
-    return (uintptr_t)sa->sa_handler;
-}
-
 int sb_disposition(int sig, uintptr_t *handler, int *flags)
 {
     struct sigaction cur;
-    if (!valid_sig(sig))
+    if (!sb_valid_sig(sig))
         return -EINVAL;
     if (sigaction(sig, NULL, &cur) != 0)
         return -errno;
     if (flags != NULL)
         *flags = cur.sa_flags;
     if (handler != NULL)
-        *handler = handler_address(&cur);
-    if (handler_is_ours(&cur))
+        *handler = sb_handler_address(&cur);
+    if (sb_handler_is(&cur))
         return SB_DISP_OURS;
     if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_DFL)
         return SB_DISP_DEFAULT;
@@ -332,377 +425,12 @@ int sb_disposition(int sig, uintptr_t *handler, int *flags)
     return SB_DISP_OTHER;
 }
 
-int sb_is_installed(int sig) { return valid_sig(sig) && atomic_load(&g_installed[sig]); }
-
-/* Keep the current C action across a call that would change it (signal.signal() when
- * only Python's table needs fixing): put_back == 0 saves it, 1 re-applies it. */
-static struct sigaction g_stash[SB_NSIG];
-
-int sb_stash(int sig, int put_back)
-{
-    if (!valid_sig(sig))
-        return -EINVAL;
-    if (put_back ? sigaction(sig, &g_stash[sig], NULL) : sigaction(sig, NULL, &g_stash[sig]))
-        return -errno;
-    return 0;
-}
-
-/* Remember the action to give back; chain to it if it is a foreign C handler, i.e. a
- * handler that is neither ours nor CPython's (`python_handler`, 0 if unknown: then no
- * handler is taken for foreign, as calling CPython's twice would double its effects).
- * Returns 1 when the original will be chained to, 0 otherwise. */
-int sb_save_original(int sig, uintptr_t python_handler)
-{
-    struct sigaction cur;
-    if (!valid_sig(sig))
-        return -EINVAL;
-    if (atomic_load(&g_installed[sig]))
-        return -EBUSY;
-    if (sigaction(sig, NULL, &cur) != 0)
-        return -errno;
-    if (handler_is_ours(&cur))
-        return -EALREADY; /* a previous owner never restored: refuse to chain to ourselves */
-    g_original[sig] = cur;
-    g_have_original[sig] = 1;
-    uintptr_t addr = handler_address(&cur);
-    int foreign = python_handler != 0 && addr != python_handler &&
-                  ((cur.sa_flags & SA_SIGINFO) ||
-                   (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN));
-    atomic_store(&g_chain[sig], foreign);
-    return foreign;
-}
-
-static int install_action(int sig, int forward)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = sb_handler;
-    /* SA_RESTART only where nothing is forwarded to Python: a main thread blocked in a
-     * restartable call would otherwise not see Python's handler until the call
-     * returns.  CPython's own handlers leave it off and rely on PEP 475 retries. */
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | (forward ? 0 : SA_RESTART);
-    /* Every other catchable signal is blocked while the handler runs, so handlers
-     * never nest on one thread: nested signal frames (~3 KiB each with the FPU state)
-     * overflow a small sigaltstack such as faulthandler's within a few levels, and the
-     * kernel can then only kill the process.  Deliveries to other threads still run
-     * concurrently, which the storage is built for.  Synchronous faults stay
-     * unblocked: a fault with its signal blocked is fatal anyway. */
-    sigfillset(&sa.sa_mask);
-    sigdelset(&sa.sa_mask, SIGSEGV);
-    sigdelset(&sa.sa_mask, SIGBUS);
-    sigdelset(&sa.sa_mask, SIGFPE);
-    sigdelset(&sa.sa_mask, SIGILL);
-    if (sigaction(sig, &sa, NULL) != 0)
-        return -errno;
-    return 0;
-}
-
-int sb_install(int sig, int forward)
-{
-    if (!valid_sig(sig))
-        return -EINVAL;
-    if (!g_have_original[sig])
-        return -ENOENT;
-    atomic_store(&g_forward[sig], forward ? 1 : 0);
-    int rc = install_action(sig, forward);
-    if (rc == 0)
-        atomic_store(&g_installed[sig], 1);
-    return rc;
-}
-
-int sb_set_forward(int sig, int forward)
-{
-    if (!valid_sig(sig))
-        return -EINVAL;
-    if (!atomic_load(&g_installed[sig]))
-        return -ENOENT;
-    atomic_store(&g_forward[sig], forward ? 1 : 0);
-    return install_action(sig, forward);
-}
-
-/* Give back the saved action.  With only_if_ours, do nothing (return 1) when the
- * current action is no longer ours: whoever replaced it keeps it. */
-int sb_restore(int sig, int only_if_ours)
-{
-    struct sigaction cur;
-    if (!valid_sig(sig))
-        return -EINVAL;
-    if (!g_have_original[sig])
-        return -ENOENT;
-    if (sigaction(sig, NULL, &cur) != 0)
-        return -errno;
-    int replaced = !handler_is_ours(&cur);
-    if (!(replaced && only_if_ours)) {
-        if (sigaction(sig, &g_original[sig], NULL) != 0)
-            return -errno;
-    }
-    atomic_store(&g_installed[sig], 0);
-    atomic_store(&g_forward[sig], 0);
-    atomic_store(&g_chain[sig], 0);
-    atomic_store(&g_reset_after[sig], 0);
-    g_have_original[sig] = 0;
-    return replaced && only_if_ours ? 1 : 0;
-}
-
-static int make_pipe(int fds[2])
-{
-#ifdef __linux__
-    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
-        return -errno;
-#else
-    if (pipe(fds) != 0)
-        return -errno;
-    for (int i = 0; i < 2; i++) {
-        if (fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK) != 0 ||
-            fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0) {
-            int e = errno;
-            close(fds[0]);
-            close(fds[1]);
-            return -e;
-        }
-    }
-#endif
-    return 0;
-}
-
-static void slot_reset_storage(sb_slot *s)
-{
-    free(s->cells);
-    s->cells = NULL;
-    s->cap_mask = 0;
-    atomic_store(&s->head, 0);
-    s->tail = 0;
-    for (int sig = 0; sig < SB_NSIG; sig++) {
-        atomic_store(&s->std[sig].count, 0);
-        atomic_store(&s->std[sig].ready, 0);
-        atomic_store(&s->received[sig], 0);
-        atomic_store(&s->overflowed[sig], 0);
-        atomic_store(&s->coalesced[sig], 0);
-    }
-}
-
-int sb_subscribe(uint32_t capacity, int *read_fd)
-{
-    if (capacity == 0 || capacity > SB_MAX_CAPACITY)
-        return -EINVAL;
-    uint64_t cap = 1;
-    while (cap < capacity)
-        cap <<= 1;
-    sb_cell *cells = calloc(cap, sizeof *cells);
-    if (cells == NULL)
-        return -ENOMEM;
-    for (uint64_t i = 0; i < cap; i++)
-        atomic_init(&cells[i].seq, i);
-    int fds[2];
-    int rc = make_pipe(fds);
-    if (rc != 0) {
-        free(cells);
-        return rc;
-    }
-
-    pthread_mutex_lock(&g_slots_lock);
-    int slot = -1;
-    for (int i = 0; i < SB_MAX_SLOTS; i++) {
-        if (!atomic_load(&g_slots[i].active) && g_slots[i].cells == NULL &&
-            atomic_load(&g_slots[i].busy) == 0) {
-            slot = i;
-            break;
-        }
-    }
-    if (slot < 0) {
-        pthread_mutex_unlock(&g_slots_lock);
-        close(fds[0]);
-        close(fds[1]);
-        free(cells);
-        return -EMFILE;
-    }
-    sb_slot *s = &g_slots[slot];
-    slot_reset_storage(s);
-    s->cells = cells;
-    s->cap_mask = cap - 1;
-    s->rfd = fds[0];
-    s->wfd = fds[1];
-    atomic_store(&s->woken, 0);
-    atomic_store(&s->mask, 0);
-    atomic_store(&s->active, 1); /* publishes the fields above to handlers */
-    if (slot + 1 > atomic_load(&g_slot_count))
-        atomic_store(&g_slot_count, slot + 1);
-    pthread_mutex_unlock(&g_slots_lock);
-    *read_fd = fds[0];
-    return slot;
-}
-
-static int valid_slot(int slot)
-{
-    return slot >= 0 && slot < SB_MAX_SLOTS && g_slots[slot].cells != NULL;
-}
-
-int sb_unsubscribe(int slot)
-{
-    pthread_mutex_lock(&g_slots_lock);
-    if (!valid_slot(slot)) {
-        pthread_mutex_unlock(&g_slots_lock);
-        return -EBADF;
-    }
-    sb_slot *s = &g_slots[slot];
-    atomic_store(&s->mask, 0);
-    atomic_store(&s->active, 0);
-    /* Wait for handlers that saw the slot active to leave it.  Each holds it for a
-     * bounded, short time; new ones see active == 0.  Bounded wait (about 1 s): if a
-     * handler is somehow still inside, leak the storage rather than free it under it. */
-    int drained = 0;
-    for (int i = 0; i < 1000000; i++) {
-        if (atomic_load(&s->busy) == 0) {
-            drained = 1;
-            break;
-        }
-        if (i > 1000) {
-            struct timespec pause = {0, 1000};
-            nanosleep(&pause, NULL);
-        } else {
-            sched_yield();
-        }
-    }
-    if (drained) {
-        close(s->rfd);
-        close(s->wfd);
-        slot_reset_storage(s);
-    } else {
-        s->cells = NULL; /* leaked on purpose, see above */
-    }
-    pthread_mutex_unlock(&g_slots_lock);
-    return 0;
-}
-
-int sb_watch(int slot, int sig, int on)
-{
-    if (!valid_slot(slot))
-        return -EBADF;
-    if (!valid_sig(sig))
-        return -EINVAL;
-    uint64_t bit = (uint64_t)1 << (sig - 1);
-    if (on)
-        atomic_fetch_or(&g_slots[slot].mask, bit);
-    else
-        atomic_fetch_and(&g_slots[slot].mask, ~bit);
-    return 0;
-}
-
-static int drain_state(sb_slot *s, sb_record *out, int max);
-
-/* One call empties the pipe and copies out every pending record (up to max; call
- * again while it returns max).  Records come out in timestamp order. */
-int sb_drain(int slot, sb_record *out, int max)
-{
-    if (!valid_slot(slot))
-        return -EBADF;
-    sb_slot *s = &g_slots[slot];
-    /* Empty the pipe, then clear `woken`, then read the state.  In this order a
-     * delivery either found `woken` set before the clear (its state is written
-     * before its exchange, so the state read below sees it), or sets it after the
-     * clear and writes a byte that is still in the pipe for the next drain.  (Clearing
-     * first would let such a byte be read here, leaving `woken` set over an empty pipe:
-     * every later delivery would skip its byte and the loop would sleep.) */
-    char sink[512];
-    while (read(s->rfd, sink, sizeof sink) == (ssize_t)sizeof sink) {
-        /* a short read emptied the pipe: no second read() just to see EAGAIN */
-    }
-    /* An exchange (a read-modify-write), not a store: it reads the value a handler's
-     * exchange wrote and so orders the state reads below after that handler's writes,
-     * on weakly ordered CPUs too (a store followed by acquire loads would not). */
-    atomic_exchange_explicit(&s->woken, 0, memory_order_acq_rel);
-    return drain_state(s, out, max);
-}
-
-/* The records only, leaving the pipe (and `woken`) alone: for a dispatch that runs
- * ahead of the loop's reader, which still wakes up, reads the byte and finds the rest. */
-int sb_drain_records(int slot, sb_record *out, int max)
-{
-    if (!valid_slot(slot))
-        return -EBADF;
-    return drain_state(&g_slots[slot], out, max);
-}
-
-static int drain_state(sb_slot *s, sb_record *out, int max)
-{
-    int n = 0;
-    while (n < max) {
-        sb_cell *cell = &s->cells[s->tail & s->cap_mask];
-        uint64_t seq = atomic_load_explicit(&cell->seq, memory_order_acquire);
-        if ((int64_t)(seq - (s->tail + 1)) < 0)
-            break; /* empty, or the next cell is claimed but not yet published */
-        out[n++] = cell->rec;
-        atomic_store_explicit(&cell->seq, s->tail + s->cap_mask + 1, memory_order_release);
-        s->tail++;
-    }
-    int last_std = g_rtmin < SB_NSIG ? g_rtmin : SB_NSIG;
-    for (int sig = 1; sig < last_std && n < max; sig++) {
-        sb_std *p = &s->std[sig];
-        if (atomic_load_explicit(&p->count, memory_order_acquire) == 0 ||
-            !atomic_load_explicit(&p->ready, memory_order_acquire))
-            continue;
-        sb_record r = p->info;
-        atomic_store_explicit(&p->ready, 0, memory_order_release);
-        r.coalesced = atomic_exchange_explicit(&p->count, 0, memory_order_acq_rel);
-        out[n++] = r;
-    }
-    /* Stable insertion sort by timestamp: the batch is short and nearly sorted. */
-    for (int i = 1; i < n; i++) {
-        sb_record r = out[i];
-        int j = i - 1;
-        while (j >= 0 && out[j].timestamp_ns > r.timestamp_ns) {
-            out[j + 1] = out[j];
-            j--;
-        }
-        out[j + 1] = r;
-    }
-    return n;
-}
-
-int sb_counters_get(int slot, int sig, sb_counters *out)
-{
-    if (!valid_sig(sig))
-        return -EINVAL;
-    memset(out, 0, sizeof *out);
-    out->forwarded = atomic_load(&g_forwarded[sig]);
-    if (slot < 0) {
-        out->received = atomic_load(&g_received[sig]);
-        return 0;
-    }
-    if (!valid_slot(slot))
-        return -EBADF;
-    out->received = atomic_load(&g_slots[slot].received[sig]);
-    out->overflowed = atomic_load(&g_slots[slot].overflowed[sig]);
-    out->coalesced = atomic_load(&g_slots[slot].coalesced[sig]);
-    return 0;
-}
-
-/* Runs in the child right after fork() (os.register_at_fork): the child starts with
- * no subscriptions; its copies of the parent's pipes are closed. */
-void sb_after_fork_child(void)
-{
-    atomic_store(&g_owner_pid, (int)getpid());
-    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    g_slots_lock = fresh; /* the parent may have held it in another thread */
-    for (int i = 0; i < SB_MAX_SLOTS; i++) {
-        sb_slot *s = &g_slots[i];
-        atomic_store(&s->active, 0);
-        atomic_store(&s->mask, 0);
-        atomic_store(&s->busy, 0);
-        if (s->cells != NULL) {
-            close(s->rfd);
-            close(s->wfd);
-            slot_reset_storage(s);
-        }
-    }
-}
-
-int sb_sigqueue(int pid, int sig, int64_t value)
+int sb_sigqueue(int pid, int sig, int32_t value)
 {
 #if defined(__linux__)
     union sigval v;
-    memset(&v, 0, sizeof v);
-    v.sival_ptr = (void *)(intptr_t)value;
+    memset(&v, 0, sizeof v); /* the whole union: a receiver reading sival_ptr sees value */
+    v.sival_int = value;
     if (sigqueue((pid_t)pid, sig, v) != 0)
         return -errno;
     return 0;

@@ -1,12 +1,15 @@
 /* What cffi's cdef() reads: the declarations of sigbridge.h without directives.
- * Keep in step with sigbridge.h (tests/test_native.py checks the two agree). */
+ * Keep in step with sigbridge.h (tests/test_api.py checks the two agree). */
 
 #define SB_MAX_SLOTS ...
 #define SB_NSIG ...
 #define SB_DEFAULT_CAPACITY ...
 #define SB_MAX_CAPACITY ...
+#define SB_STD_SENDERS ...
+#define SB_STD_RESERVE ...
 
 #define SB_SI_NONE ...
+#define SB_SI_UNKNOWN ...
 #define SB_SI_KERNEL ...
 #define SB_SI_TKILL ...
 #define SI_USER ...
@@ -26,6 +29,20 @@
 #define SB_DISP_OURS ...
 #define SB_DISP_OTHER ...
 
+#define SB_WANT_WATCH ...
+#define SB_WANT_CONSUME ...
+#define SB_WANT_PYLEVEL ...
+#define SB_WANT_FAST ...
+
+#define SB_B_DEFER ...
+#define SB_B_FORK ...
+#define SB_B_HELD ...
+#define SB_B_ORIGINAL ...
+#define SB_B_HOOK ...
+#define SB_B_DIE ...
+#define SB_B_RETRIP ...
+#define SB_RAISED ...
+
 typedef struct {
     int64_t timestamp_ns;
     int64_t value;
@@ -44,27 +61,45 @@ typedef struct {
     uint64_t coalesced;
 } sb_counters;
 
+typedef struct {
+    int held;
+    int forward;
+    int chain;
+    int table_bridged;
+    int debt;
+    int replaced;
+    int behind;
+    int restart;
+    int demand;
+} sb_sigstate;
+
 int sb_init(void);
 int sb_rtmin(void);
 int sb_rtmax(void);
 int sb_lock_free(void);
-
-int sb_save_original(int sig, uintptr_t python_handler);
-int sb_install(int sig, int forward);
-int sb_set_forward(int sig, int forward);
-int sb_restore(int sig, int only_if_ours);
 int sb_disposition(int sig, uintptr_t *handler, int *flags);
-int sb_is_installed(int sig);
-int sb_stash(int sig, int put_back);
-int sb_reset_after(int sig, int deliveries);
+int sb_sigqueue(int pid, int sig, int32_t value);
+int64_t sb_monotonic_ns(void);
+uint64_t sb_deliveries(void);
+int64_t sb_main_handler_ns(void);
+void sb_set_main_thread(void);
 
 int sb_subscribe(uint32_t capacity, int *read_fd);
-int sb_unsubscribe(int slot);
-int sb_watch(int slot, int sig, int on);
 int sb_drain(int slot, sb_record *out, int max);
 int sb_drain_records(int slot, sb_record *out, int max);
 int sb_counters_get(int slot, int sig, sb_counters *out);
+int64_t sb_undrained(int slot, int sig);
 
-void sb_after_fork_child(void);
-int sb_sigqueue(int pid, int sig, int64_t value);
-int64_t sb_monotonic_ns(void);
+int sb_owner_init(uintptr_t bridged, uintptr_t signal_fn, uintptr_t getsignal_fn);
+int sb_demand(int slot, int sig, int flags, int is_main, uintptr_t box);
+int sb_unsubscribe(int slot, int is_main, uintptr_t box);
+int sb_check(int is_main, uintptr_t box);
+int sb_bridged(int sig, uintptr_t box);
+int sb_redo(int sig);
+int sb_escalate(int sig, int arm, int lower_to);
+int sb_retrip_at(int sig, int64_t deadline_ns);
+int sb_state(int sig, sb_sigstate *out);
+uint64_t sb_held_mask(void);
+int sb_fork_prepare(void);
+void sb_fork_parent(void);
+int sb_fork_child(uintptr_t box);

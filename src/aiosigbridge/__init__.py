@@ -23,23 +23,24 @@ if _sys.platform == "win32":  # pragma: no cover
         "Use loop.add_signal_handler() or signal.signal() there."
     )
 
-from ._bridge import HandlerHandle as HandlerHandle
 from ._bridge import SignalBridge as SignalBridge
-from ._bridge import SignalStats as SignalStats
-from ._bridge import add_handler as add_handler
-from ._bridge import get_bridge as get_bridge
+from ._clib import CLD_CODES as CLD_CODES
+from ._clib import DEFAULT_CAPACITY as DEFAULT_CAPACITY
+from ._clib import SI_KERNEL as SI_KERNEL
+from ._clib import SI_QUEUE as SI_QUEUE
+from ._clib import SI_TKILL as SI_TKILL
+from ._clib import SI_UNKNOWN as SI_UNKNOWN
+from ._clib import SI_USER as SI_USER
+from ._clib import sigqueue as sigqueue
 from ._diagnostics import TaskDump as TaskDump
 from ._diagnostics import enable_task_dump as enable_task_dump
 from ._event import SignalEvent as SignalEvent
-from ._native import BRIDGED as BRIDGED
-from ._native import CLD_CODES as CLD_CODES
-from ._native import DEFAULT_CAPACITY as DEFAULT_CAPACITY
-from ._native import SI_KERNEL as SI_KERNEL
-from ._native import SI_QUEUE as SI_QUEUE
-from ._native import SI_TKILL as SI_TKILL
-from ._native import SI_USER as SI_USER
-from ._native import SignalReplacedWarning as SignalReplacedWarning
-from ._native import sigqueue as sigqueue
+from ._handlers import HandlerHandle as HandlerHandle
+from ._handlers import SignalStats as SignalStats
+from ._loops import add_handler as add_handler
+from ._loops import get_bridge as get_bridge
+from ._owner import BRIDGED as BRIDGED
+from ._owner import SignalReplacedWarning as SignalReplacedWarning
 from ._receiver import SignalReceiver as SignalReceiver
 from ._receiver import open_receiver as open_receiver
 from ._runner import run as run
@@ -54,6 +55,7 @@ __all__ = (
     "SI_KERNEL",
     "SI_QUEUE",
     "SI_TKILL",
+    "SI_UNKNOWN",
     "SI_USER",
     "HandlerHandle",
     "Senders",

@@ -2,15 +2,18 @@
 
 When a signal interrupts a task (``interrupt=``, or the main task under ``run()``), an
 :class:`Interruption` collects every failure of that delivery's handlers and chains
-them onto the exception the interrupted task ends with: one failure as its
-``__cause__``, several as a ``BaseExceptionGroup``; each failure carries a note naming
-the signal, the sender and the handler.  Handlers still running when the task ends
-get ``handler_timeout`` seconds; one still running then is cancelled and reported as a
-``TimeoutError`` the same way.
+them onto the exception the interrupted task ends with, when it ends *because of* the
+interrupt: one failure as its ``__cause__``, several as a ``BaseExceptionGroup``; each
+failure carries a note naming the signal, the sender and the handler.  Handlers still
+running when the task ends get ``handler_timeout`` seconds; one still running then is
+cancelled and reported as a ``TimeoutError`` the same way.
 
-Where nothing was interrupted (or the task ended without an exception to chain onto),
-a failure goes to the loop's exception handler with the event attached
-(``context["signal_event"]``).  A failure takes exactly one of these routes.
+Everything else goes to the loop's exception handler with the event attached
+(``context["signal_event"]``): failures of deliveries that interrupted nothing; of a
+task that survived the interrupt (it caught it and ended later, normally or for another
+reason); and of a task cancelled by the interrupt whose cancellation nobody retrieved
+(asyncio never reports one): checked while the loop runs, and when the bridge closes,
+the chain is then taken off the exception again.  A failure takes exactly one route.
 """
 
 from __future__ import annotations
@@ -18,19 +21,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._clib import signal_name
 from ._event import SignalEvent
-from ._native import signal_name
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from ._bridge import HandlerHandle
+    from ._handlers import HandlerHandle
 
 __all__ = ["FailureChain", "Interruption", "add_note", "describe"]
+
+_PREFIX = "aiosigbridge: interrupted by"
 
 
 def describe(h: HandlerHandle, ev: SignalEvent) -> str:
@@ -55,11 +61,12 @@ def add_note(exc: BaseException, note: str) -> None:
 
 
 def _report(
-    loop: asyncio.AbstractEventLoop, h: HandlerHandle, ev: SignalEvent, exc: BaseException
+    loop: asyncio.AbstractEventLoop, h: HandlerHandle, ev: SignalEvent | None, exc: BaseException
 ) -> None:
+    name = ev.name if ev is not None else "a signal"
     loop.call_exception_handler(
         {
-            "message": f"aiosigbridge: handler {h.name} for {ev.name} failed",
+            "message": f"aiosigbridge: handler {h.name} for {name} failed",
             "exception": exc,
             "signal_event": ev,
             "handler": h.handler,
@@ -67,9 +74,13 @@ def _report(
     )
 
 
+_MISSING: Any = object()
+
+
 def cancelled_exception(task: asyncio.Task[Any]) -> BaseException | None:
     """The CancelledError a cancelled task ended with, without consuming it (asyncio
-    hands it once to the first caller of result(), and a fresh one to later callers)."""
+    hands it once to the first caller of result(), and a fresh one to later callers);
+    None once handed out."""
     exc = getattr(task, "_cancelled_exc", _MISSING)  # the pure-Python Task
     if exc is not _MISSING:
         return exc if isinstance(exc, BaseException) else None
@@ -79,7 +90,15 @@ def cancelled_exception(task: asyncio.Task[Any]) -> BaseException | None:
     return None
 
 
-_MISSING: Any = object()
+def final_exception(task: asyncio.Task[Any]) -> BaseException | None:
+    """What a done task ended with, without marking it retrieved (asyncio's own
+    "exception was never retrieved" report stays possible)."""
+    if task.cancelled():
+        return cancelled_exception(task)
+    exc = getattr(task, "_exception", _MISSING)
+    if exc is _MISSING:  # pragma: no cover - every Task implementation has it
+        exc = task.exception()
+    return exc if isinstance(exc, BaseException) else None
 
 
 def add_done_callback_first(task: asyncio.Future[Any], cb: Callable[[Any], None]) -> None:
@@ -93,6 +112,27 @@ def add_done_callback_first(task: asyncio.Future[Any], cb: Callable[[Any], None]
         task.add_done_callback(fn, context=ctx)
 
 
+# One done-callback per interrupted task, however often it is interrupted.
+_targets: weakref.WeakKeyDictionary[asyncio.Task[Any], list[Interruption]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watch_target(task: asyncio.Task[Any], rec: Interruption) -> None:
+    recs = _targets.get(task)
+    if recs is None:
+        recs = _targets[task] = []
+        add_done_callback_first(task, _target_done)
+    else:  # a survivor: forget interruptions that have nothing left to chain
+        recs[:] = [r for r in recs if not r.idle()]
+    recs.append(rec)
+
+
+def _target_done(task: asyncio.Task[Any]) -> None:
+    for rec in _targets.pop(task, ()):
+        rec.target_ended(task)
+
+
 def _root(exc: BaseException) -> BaseException:
     seen = {id(exc)}
     while True:
@@ -101,6 +141,22 @@ def _root(exc: BaseException) -> BaseException:
             return exc
         seen.add(id(nxt))
         exc = nxt
+
+
+def _caused_by_interrupt(final: BaseException, raised: BaseException | None) -> bool:
+    """Did the task end because of an interrupt (the exception, or one it came from)?"""
+    seen: set[int] = set()
+    exc: BaseException | None = final
+    while exc is not None and id(exc) not in seen and len(seen) < 100:
+        seen.add(id(exc))
+        if exc is raised:
+            return True
+        if isinstance(exc, asyncio.CancelledError):
+            arg = exc.args[0] if exc.args else None
+            if isinstance(arg, str) and arg.startswith(_PREFIX):
+                return True
+        exc = exc.__context__ or exc.__cause__
+    return False
 
 
 class Interruption:
@@ -113,6 +169,7 @@ class Interruption:
         signum: int,
         handler_timeout: float,
         raised: BaseException | None = None,
+        watch: Callable[[Interruption], None] | None = None,
     ) -> None:
         self.loop = loop
         self.target = target
@@ -121,14 +178,15 @@ class Interruption:
         self.handler_timeout = handler_timeout
         self.raised = raised  # the CancelledError the hook raised inside the target
         self._failed: list[tuple[HandlerHandle, BaseException]] = []  # to chain
-        self._orphans: list[tuple[HandlerHandle, BaseException]] = []  # to report
         self.running: dict[asyncio.Task[Any], HandlerHandle] = {}
-        self.final: BaseException | None = None  # what the target ended with
+        self.final: BaseException | None = None  # what the target ended with, if chained
         self.target_done = False
+        self._cause: BaseException | None = None
+        self._watch = watch  # the bridge's: cancellations nobody retrieved yet
         self._timer: asyncio.TimerHandle | None = None
         self._settled = loop.create_future()
         self._bound = loop.create_future()  # the event was dispatched
-        add_done_callback_first(target, self._on_target_done)
+        _watch_target(target, self)
 
     # -- what the bridge tells it -------------------------------------------------------
 
@@ -141,7 +199,7 @@ class Interruption:
     def message(self) -> str:
         ev = self.event
         who = f" (sent by pid {ev.pid}, uid {ev.uid})" if ev is not None else ""
-        return f"aiosigbridge: interrupted by {signal_name(self.signum)}{who}"
+        return f"{_PREFIX} {signal_name(self.signum)}{who}"
 
     def track(self, task: asyncio.Task[Any], h: HandlerHandle) -> None:
         """A handler run started for this delivery."""
@@ -156,27 +214,53 @@ class Interruption:
 
     def failed(self, h: HandlerHandle, exc: BaseException) -> None:
         if self.target_done and self.final is None:
-            self._orphan(h, exc)
+            _report(self.loop, h, self.event, exc)
             return
         self._failed.append((h, exc))
-        self._attach()
+        if self.final is not None:
+            self._attach()
+
+    def idle(self) -> bool:
+        """Nothing to chain, nothing running, the event known: forgettable."""
+        return not self._failed and not self.running and self._bound.done()
 
     # -- the target's end ---------------------------------------------------------------
 
-    def _on_target_done(self, task: asyncio.Task[Any]) -> None:
+    def target_ended(self, task: asyncio.Task[Any]) -> None:
         self.target_done = True
-        if task.cancelled():
-            self.final = cancelled_exception(task) or self.raised
+        final = final_exception(task)
+        if task.cancelled() and final is None:
+            final = self.raised
+        if final is not None and _caused_by_interrupt(final, self.raised):
+            self.final = final
+            self._attach()
+            if task.cancelled() and self._watch is not None:
+                # asyncio never reports a cancellation nobody retrieved: watch it.
+                self._watch(self)
         else:
-            self.final = task.exception()
-        if self.final is None:
-            # Ended normally: nothing to chain onto.
-            self._orphans.extend(self._failed)
-            self._failed.clear()
-        self._attach()
+            # Ended normally, or for another reason than the interrupt (it caught it
+            # and went on): nothing that shows the failures.
+            self._report_all()
         if self.running:
             self._timer = self.loop.call_later(self.handler_timeout, self._time_out)
         self._maybe_settled()
+
+    def decide(self, *, closing: bool) -> bool:
+        """For a target cancelled by the interrupt: has its cancellation been retrieved
+        (then the chain shows), or can it no longer be (nobody else holds the task, or
+        the bridge closes)?  Then the failures go to the exception handler instead.
+        True once decided."""
+        task = self.target
+        if cancelled_exception(task) is not self.final:
+            return True  # handed out: whoever took it sees the chain
+        # Held only by us (this object, the argument, the call) and unreachable: nobody
+        # can retrieve it any more (what asyncio's __del__ report would have said).
+        if not closing and sys.getrefcount(task) > 3:
+            return False
+        self._detach()
+        self._report_all()
+        self.final = None
+        return True
 
     @property
     def failures(self) -> list[BaseException]:
@@ -202,7 +286,6 @@ class Interruption:
         final = self.final
         failures = self.failures
         if final is None or not failures:
-            self._flush_orphans()
             return
         if len(failures) == 1:
             cause: BaseException = failures[0]
@@ -216,21 +299,33 @@ class Interruption:
         else:  # the task chained something itself: keep it, hang ours at its root
             _root(final).__context__ = cause
         final._aiosigbridge_cause = cause  # type: ignore[attr-defined]
-        self._flush_orphans()
+        self._cause = cause
 
-    def _orphan(self, h: HandlerHandle, exc: BaseException) -> None:
-        self._orphans.append((h, exc))
-        self._flush_orphans()
+    def _detach(self) -> None:
+        final, cause = self.final, self._cause
+        if final is None or cause is None:
+            return
+        if final.__cause__ is cause:
+            final.__cause__ = None
+            final.__suppress_context__ = False
+        else:
+            root = final
+            for _ in range(100):
+                if root.__context__ is cause:
+                    root.__context__ = None
+                    break
+                nxt = root.__cause__ or root.__context__
+                if nxt is None:
+                    break
+                root = nxt
+        if getattr(final, "_aiosigbridge_cause", None) is cause:
+            del final._aiosigbridge_cause  # type: ignore[attr-defined]
+        self._cause = None
 
-    def _flush_orphans(self) -> None:
-        while self._orphans:
-            h, exc = self._orphans.pop(0)
-            if self.event is not None:
-                _report(self.loop, h, self.event, exc)
-            else:
-                self.loop.call_exception_handler(
-                    {"message": "aiosigbridge: a signal handler failed", "exception": exc}
-                )
+    def _report_all(self) -> None:
+        failed, self._failed = self._failed, []
+        for h, exc in failed:
+            _report(self.loop, h, self.event, exc)
 
     def _maybe_settled(self) -> None:
         if self.target_done and not self.running:

@@ -14,8 +14,9 @@ import threading
 import traceback
 from typing import Any, TextIO
 
+from ._clib import signal_name, validate_signal
 from ._event import SignalEvent
-from ._native import signal_name, validate_signal
+from ._loops import bridged_loops
 from ._watcher import SignalThread
 
 __all__ = ["TaskDump", "dump_tasks", "enable_task_dump"]
@@ -99,9 +100,7 @@ class TaskDump:
         self._thread = SignalThread((sig,), self._on_event, name="aiosigbridge-task-dump")
 
     def _on_event(self, ev: SignalEvent) -> None:
-        from ._bridge import _bridges
-
-        loops = list(dict.fromkeys([*self._loops, *_bridges]))
+        loops = list(dict.fromkeys([*self._loops, *bridged_loops()]))
         loops = [lp for lp in loops if not lp.is_closed()]
         dump_tasks(
             loops,

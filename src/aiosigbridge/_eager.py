@@ -45,10 +45,20 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
         self._first: Any = None
         self._result: Any = None
         self._exc: BaseException | None = None
+        #: 3.10: the context the eager step ran in, when the task runs in a copy of it
+        #: made before that step: its values are replayed at the task's first step.
+        self._replay: contextvars.Context | None = None
+
+    def _replay_context(self) -> None:
+        ctx, self._replay = self._replay, None
+        if ctx is not None:
+            for var, value in ctx.items():
+                var.set(value)
 
     def send(self, value: Any) -> Any:
         if not self._started:
             self._started = True
+            self._replay_context()
             if self._state == "returned":
                 raise StopIteration(self._result)
             if self._state == "raised":
@@ -59,8 +69,13 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
         return self._coro.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if not self._started and self._state in ("returned", "raised"):
+            # The eager step already finished the coroutine: a real eager task would be
+            # done, and a cancel() of a done task does nothing.
+            return self.send(None)
         if not self._started:
             self._started = True
+            self._replay_context()
             # Cancelled before the task's first step: the future the eager step is
             # waiting on would have been the task's _fut_waiter, cancel it as Task does.
             first = self._first
@@ -104,15 +119,23 @@ def _start_task_by_hand(
         task = loop.create_task(wrapper, name=name, context=ctx)
     else:
         task = loop.create_task(wrapper, name=name)
-        ctx = getattr(task, "_context", ctx)
+        own = getattr(task, "_context", None)  # the pure-Python Task's
+        if own is not None:
+            ctx = own
+        else:  # the C Task's context is a copy made now: give it the first step's values
+            wrapper._replay = ctx
     enter = asyncio.tasks._enter_task
     leave = asyncio.tasks._leave_task
     # Started from inside another task (3.12's eager start allows it too): step aside.
+    # Every step is inside the try: whatever interrupts it (a Python-level signal
+    # handler raising), the loop's current task is put back as it was.
     outer = asyncio.tasks.current_task(loop)
-    if outer is not None:
-        leave(loop, outer)
-    enter(loop, task)
+    entered = False
     try:
+        if outer is not None:
+            leave(loop, outer)
+        enter(loop, task)
+        entered = True
         wrapper._first = ctx.run(coro.send, None)
         wrapper._state = "suspended"
     except StopIteration as stop:
@@ -122,7 +145,8 @@ def _start_task_by_hand(
         wrapper._state = "raised"
         wrapper._exc = exc
     finally:
-        leave(loop, task)
-        if outer is not None:
+        if entered:
+            leave(loop, task)
+        if outer is not None and asyncio.tasks.current_task(loop) is None:
             enter(loop, outer)
     return task

@@ -6,7 +6,7 @@ import signal
 import time
 from typing import Any, NamedTuple
 
-from ._native import CLD_CODES, RECORD, SI_QUEUE, signal_name
+from ._clib import CLD_CODES, RECORD, SI_QUEUE, SIGNALS, VALUE_CODES, signal_name
 
 
 class SignalEvent(NamedTuple):
@@ -24,9 +24,14 @@ class SignalEvent(NamedTuple):
     * ``signum``: a :class:`signal.Signals` member where the number has one (the realtime
       range does: ``SIGRTMIN`` ... ``SIGRTMAX``), else the plain ``int``.
     * ``code``: ``si_code``: ``SI_USER`` (kill), ``SI_QUEUE`` (sigqueue), ``SI_TKILL``
-      (pthread_kill), ``SI_KERNEL``, ``CLD_EXITED``, ... (see the ``SI_*`` constants).
-    * ``pid``, ``uid``: the sender (0 where the kernel sent it).
-    * ``value``: the integer a ``sigqueue()`` carried, ``None`` for other senders.
+      (pthread_kill), ``SI_KERNEL``, ``CLD_EXITED``, ... (see the ``SI_*`` constants);
+      ``SI_UNKNOWN`` where the delivery came without a siginfo (CPython's own handler
+      took it, after other code put ``asb.BRIDGED`` back with ``signal.signal()``, or
+      it was simulated with ``_thread.interrupt_main()``): the sender is unknown.
+    * ``pid``, ``uid``: the sender (0 where the kernel sent it, or it is unknown).
+    * ``value``: ``si_value.sival_int`` (a C ``int``) for senders that carry one
+      (``SI_QUEUE``: ``sigqueue()``; also POSIX timers, message queues and AIO),
+      ``None`` for other senders.
     * ``status``: for ``SIGCHLD`` the child's exit status or signal, else ``None``.
     * ``timestamp_ns``: ``CLOCK_MONOTONIC`` (the clock of :func:`time.monotonic_ns`) when
       the C handler ran.
@@ -58,7 +63,7 @@ class SignalEvent(NamedTuple):
         return time.monotonic_ns() - self.timestamp_ns
 
 
-_SIGNALS = {int(s): s for s in signal.Signals}
+_SIGNALS = SIGNALS
 _SIGCHLD = int(getattr(signal, "SIGCHLD", 0))
 _new = tuple.__new__
 _unpack = RECORD.iter_unpack
@@ -75,7 +80,7 @@ def events_from(records: Any) -> list[SignalEvent]:
                 code,
                 pid,
                 uid,
-                value if code == SI_QUEUE else None,
+                value if code in VALUE_CODES else None,
                 status if signum == _SIGCHLD and code in CLD_CODES else None,
                 timestamp_ns,
                 coalesced,

@@ -8,12 +8,16 @@ from collections import deque
 from types import TracebackType
 from typing import Any
 
-from ._bridge import SignalBridge, get_bridge
+from ._bridge import SignalBridge
+from ._clib import RTMAX, RTMIN, SIGNALS, validate_signal
 from ._event import SignalEvent
-from ._native import validate_signal
+from ._loops import get_bridge
 
-_SIGNALS = {int(s): s for s in signal.Signals}
 _END: Any = object()
+
+
+def _queued(sig: int) -> bool:
+    return RTMIN is not None and RTMAX is not None and RTMIN <= sig <= RTMAX
 
 
 class SignalReceiver:
@@ -21,10 +25,13 @@ class SignalReceiver:
     :func:`open_receiver`.  Iterate it from one task at a time."""
 
     def __init__(self, signums: tuple[int, ...], maxsize: int) -> None:
-        self.signums: tuple[signal.Signals | int, ...] = tuple(_SIGNALS.get(s, s) for s in signums)
+        self.signums: tuple[signal.Signals | int, ...] = tuple(SIGNALS.get(s, s) for s in signums)
         self.maxsize = maxsize
         self.overflowed = 0
-        self._queue: deque[SignalEvent] = deque()
+        # Each queued event in a one-element list, so that a standard signal delivered
+        # again while its event waits merges into it (_std: signal -> that list).
+        self._queue: deque[list[SignalEvent]] = deque()
+        self._std: dict[int, list[SignalEvent]] = {}
         self._waiter: asyncio.Future[SignalEvent] | None = None
         self._bridge: SignalBridge | None = None
         self._state = "new"  # "open", "closed"
@@ -57,9 +64,16 @@ class SignalReceiver:
     def __aiter__(self) -> SignalReceiver:
         return self
 
+    def _pop(self) -> SignalEvent:
+        box = self._queue.popleft()
+        sig = int(box[0].signum)
+        if self._std.get(sig) is box:
+            del self._std[sig]
+        return box[0]
+
     async def __anext__(self) -> SignalEvent:
         if self._queue:
-            return self._queue.popleft()
+            return self._pop()
         if self._state == "closed":
             raise StopAsyncIteration
         if self._state == "new":
@@ -82,7 +96,7 @@ class SignalReceiver:
             if waiter.done() and not waiter.cancelled():
                 kept = waiter.result()
                 if kept is not _END:
-                    self._queue.appendleft(kept)
+                    self._queue.appendleft([kept])
             raise
         finally:
             self._waiter = None
@@ -98,18 +112,31 @@ class SignalReceiver:
         return False
 
     def _put(self, ev: SignalEvent) -> bool:
-        """Called by the bridge's reader: never blocks.  False when the queue is full."""
+        """Called by the bridge's reader: never blocks.  A standard signal whose event
+        still waits merges into it (its ``coalesced`` grows, as trio does); else False
+        when the queue is full."""
         if not self._queue and self._wake(ev):
             return True
+        sig = int(ev.signum)
+        std = not _queued(sig)
+        if std:
+            box = self._std.get(sig)
+            if box is not None:
+                box[0] = box[0]._replace(coalesced=box[0].coalesced + ev.coalesced)
+                return True
         if len(self._queue) >= self.maxsize:
             self.overflowed += 1
             return False
-        self._queue.append(ev)
+        box = [ev]
+        self._queue.append(box)
+        if std:
+            self._std[sig] = box
         return True
 
-    def _bridge_closed(self) -> None:
+    def _bridge_closed(self, *, loop_closed: bool = False) -> None:
         self._state = "closed"
-        self._wake(_END)
+        if not loop_closed:  # a closed loop can schedule nothing: its tasks are gone too
+            self._wake(_END)
 
     def __repr__(self) -> str:
         sigs = ", ".join(getattr(s, "name", str(s)) for s in self.signums)
@@ -127,8 +154,10 @@ def open_receiver(*signals: int, maxsize: int = 128) -> SignalReceiver:
 
     Events wait in a queue of at most ``maxsize``; when it is full the reader does not
     block: further events are dropped and counted (``rx.overflowed`` and the bridge's
-    ``stats()``).  Standard signals that arrive faster than they are consumed come as
-    one event with ``coalesced > 1``.
+    ``stats()[sig].dropped``).  A standard signal delivered again while an event of it
+    still waits merges into that event (its ``coalesced`` grows; the sender and time are
+    the first delivery's), so a slow consumer never sees a storm of one overflow the
+    queue.  Realtime signals stay one event per send.
 
     :raises TypeError: no signals, or a signal is not an int.
     :raises ValueError: a signal cannot be handled, or ``maxsize < 1``.

@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ._clib import SI_QUEUE, SI_TKILL, SI_UNKNOWN, SI_USER
 from ._event import SignalEvent
-from ._native import SI_QUEUE, SI_TKILL, SI_USER
 
 _USER_CODES = frozenset(c for c in (SI_USER, SI_QUEUE, SI_TKILL) if c is not None)
 
@@ -62,7 +62,10 @@ class Senders:
             raise ValueError(msg)
 
     def accepts(self, ev: SignalEvent) -> bool:
-        """True when ``ev`` comes from an accepted sender."""
+        """True when ``ev`` comes from an accepted sender.  A delivery whose sender is
+        unknown (``SI_UNKNOWN``) is accepted by no filter."""
+        if ev.code == SI_UNKNOWN:
+            return False
         user_sent = ev.code in _USER_CODES
         if self.kernel and not user_sent:
             return True

@@ -3,20 +3,21 @@
 What must work while the event loop is stuck (a task hogging the CPU, the main thread
 blocked in C code) cannot wait for the loop's reader: run()'s watchdog (second signal,
 grace period) and the task dump.  A SignalThread is one more subscriber of the C layer,
-read by a daemon thread blocked in select(); the GIL switch interval lets it run beside
-CPU-bound Python code.
+read by a daemon thread blocked in a selector (epoll; select() refuses fds past 1024,
+which any busy server has); the GIL switch interval lets it run beside CPU-bound Python code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
+import selectors
 import threading
 from collections.abc import Callable, Iterable
 
+from . import _owner
 from ._event import SignalEvent, events_from
-from ._native import Subscription, registry
+from ._native import Subscription
 
 __all__ = ["SignalThread"]
 
@@ -39,15 +40,10 @@ class SignalThread:
         self._next_tick = next_tick
         self._on_tick = on_tick
         self._sub = Subscription(64)
-        acquired: list[int] = []
         try:
             for s in self.signums:
-                registry.acquire(s)
-                acquired.append(s)
-                self._sub.watch(s, True)
+                self._sub.demand(s, _owner.WATCH)
         except BaseException:
-            for s in acquired:
-                registry.release(s)
             self._sub.close()
             raise
         self._stop_r, self._stop_w = os.pipe()
@@ -56,16 +52,18 @@ class SignalThread:
         self._thread.start()
 
     def _run(self) -> None:
-        fds = [self._sub.read_fd, self._stop_r]
-        while True:
-            readable, _, _ = select.select(fds, [], [], self._next_tick())
-            if self._stop_r in readable:
-                return
-            if self._sub.read_fd in readable:
-                for ev in events_from(self._sub.drain()):
-                    self._on_event(ev)
-            else:
-                self._on_tick()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._sub.read_fd, selectors.EVENT_READ)
+            sel.register(self._stop_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fd for key, _ in sel.select(self._next_tick())}
+                if self._stop_r in ready:
+                    return
+                if self._sub.read_fd in ready:
+                    for ev in events_from(self._sub.drain()):
+                        self._on_event(ev)
+                else:
+                    self._on_tick()
 
     def close(self) -> None:
         """Stop the thread and give the signals back (unless others still use them)."""
@@ -75,8 +73,6 @@ class SignalThread:
         os.write(self._stop_w, b"x")
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        for s in self.signums:
-            registry.release(s)
         self._sub.close()
         for fd in (self._stop_r, self._stop_w):
             with contextlib.suppress(OSError):

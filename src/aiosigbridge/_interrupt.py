@@ -1,0 +1,222 @@
+"""Interrupts: the task a signal interrupts, and when.
+
+A registration with ``interrupt=`` cancels a task when its signal comes: ``True`` the
+task running when the signal arrived (else the bridge's main task), or a given Task.
+The cancellation is made at dispatch, when the loop reads the signal: the task gets its
+CancelledError at its next ``await``, like any cancellation.
+
+A task that does not return to the loop (CPU-bound code in the main thread's loop) is
+reached through Python's own handler for the signal (asb.BRIDGED), which runs in the main
+thread at the next bytecode: once the running task has used HOG_NS of CPU time after the
+signal without the loop dispatching it (its own: not the main thread's time in BRIDGED or
+in the C handler), the CancelledError is raised where the task is.
+A task blocked in a synchronous call uses none: it gets the interrupt at its next await
+(or when it has used the time), as does a task whose step is long only because signals
+keep coming (more than QUIET deliveries of any signal since): the main thread is busy with them
+rather than hogged by the task.  Only where that is safe: in the task's own code (walking the frames from the one Python
+interrupted up to the task's coroutine, none of them asyncio's or aiosigbridge's), never
+inside the event loop, a task being started or asyncio's own functions.  The interrupt
+timer (C, ``sb_retrip_at``) trips Python's handler again until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from . import _chain, _owner
+from ._clib import lib, monotonic_ns, signal_name
+from ._event import SignalEvent
+
+if TYPE_CHECKING:
+    from ._handlers import HandlerHandle
+
+_INTERNAL = (os.path.dirname(asyncio.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+#: CPU time (ns) the running task may use after its interrupt before it is raised where
+#: the task is; the timer looks again then, doubling up to RETRY_MAX_NS.
+HOG_NS = 100_000
+RETRY_MAX_NS = 10_000_000
+#: Other deliveries since the interrupt past which the main thread counts as busy with a
+#: signal storm rather than hogged by the task.
+QUIET = 2
+
+
+def can_raise_in(frame: FrameType | None, task: asyncio.Task[Any]) -> bool:
+    """Is ``frame`` (where Python's handler interrupted) the task's own code?"""
+    top = getattr(task.get_coro(), "cr_frame", None)
+    f = frame
+    for _ in range(500):
+        if f is None:
+            return False
+        if f is top:
+            return True
+        if f.f_code.co_filename.startswith(_INTERNAL):
+            return False
+        f = f.f_back
+    return False
+
+
+class Interrupts:
+    """One bridge's interrupt registrations and what they interrupted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.count: dict[int, int] = {}  # signal -> interrupt registrations
+        self._pending: dict[int, tuple[list[_chain.Interruption], set[int]]] = {}
+        #: Recent interruptions (run() looks up those of its main task).
+        self.recent: deque[_chain.Interruption] = deque(maxlen=64)
+        #: Targets cancelled by an interrupt whose cancellation nobody retrieved yet.
+        self.undecided: set[_chain.Interruption] = set()
+        #: The task ``interrupt=True`` interrupts when no task is running at the signal.
+        self.main_task: asyncio.Task[Any] | None = None
+        self.handler_timeout = 5.0
+        self._timer: asyncio.TimerHandle | None = None
+        # Interrupts of the running task not dispatched yet: (rec, the main thread's CPU
+        # time then, the process's deliveries then, the timer's next wait).
+        self._hot: list[tuple[_chain.Interruption, int, int, int]] = []
+
+    def add(self, sig: int) -> None:
+        self.count[sig] = self.count.get(sig, 0) + 1
+
+    def remove(self, sig: int) -> None:
+        n = self.count.get(sig, 0) - 1
+        if n > 0:
+            self.count[sig] = n
+        else:
+            self.count.pop(sig, None)
+
+    def _target_of(
+        self, h: HandlerHandle, current: asyncio.Task[Any] | None
+    ) -> asyncio.Task[Any] | None:
+        if isinstance(h.interrupt, asyncio.Task):
+            return h.interrupt
+        return current or self.main_task
+
+    def _new(
+        self, target: asyncio.Task[Any], sig: int, raised: BaseException | None = None
+    ) -> _chain.Interruption:
+        rec = _chain.Interruption(
+            self._loop, target, sig, self.handler_timeout, raised, self.watch
+        )
+        self.recent.append(rec)
+        return rec
+
+    def python_signal(
+        self,
+        sig: int,
+        frame: FrameType | None,
+        regs: tuple[HandlerHandle, ...],
+        *,
+        retrip: bool = False,
+    ) -> None:
+        """Python's own handler for ``sig`` ran in the main thread (or the interrupt
+        timer tripped it again): record the interrupts of this delivery, and raise one
+        into the running task once it has kept the CPU too long (module docstring)."""
+        if not retrip:
+            self._record(sig, regs)
+        if self._hot:
+            self._maybe_raise(frame)
+
+    def _record(self, sig: int, regs: tuple[HandlerHandle, ...]) -> None:
+        regs = tuple(
+            h
+            for h in regs
+            if h.active and h.interrupt is not False and h.senders is None and not h._fired
+        )
+        if not regs:
+            return
+        current = asyncio.current_task(self._loop)
+        pending, handled = self._pending.setdefault(sig, ([], set()))
+        # One interruption per target for this delivery.  (Earlier deliveries not yet
+        # dispatched do not count: a task that caught their interrupt is interrupted
+        # again.)
+        seen: set[int] = set()
+        cpu = _owner.task_cpu_ns
+        for h in regs:
+            handled.add(id(h))
+            h._fired = h._once
+            target = self._target_of(h, current)
+            if target is None or target.done() or id(target) in seen:
+                continue
+            seen.add(id(target))
+            rec = self._new(target, sig)
+            pending.append(rec)
+            if target is current:
+                self._hot.append((rec, cpu, lib.sb_deliveries(), HOG_NS))
+
+    def _maybe_raise(self, frame: FrameType | None) -> None:
+        current = asyncio.current_task(self._loop)
+        cpu = _owner.task_cpu_ns
+        hot: list[tuple[_chain.Interruption, int, int, int]] = []
+        to_raise: asyncio.CancelledError | None = None
+        for rec, cpu0, calls0, wait in self._hot:
+            if rec.event is not None or rec.target.done() or rec.target is not current:
+                continue  # dispatched (cancelled at its await), or it left the CPU
+            hog = cpu - cpu0 >= HOG_NS and lib.sb_deliveries() - calls0 <= QUIET
+            if to_raise is None and hog and can_raise_in(frame, current):
+                to_raise = asyncio.CancelledError(f"{_chain._PREFIX} {signal_name(rec.signum)}")
+            if to_raise is not None:
+                rec.raised = to_raise
+                continue
+            if lib.sb_deliveries() - calls0 > QUIET:  # a storm: its next await it is
+                continue
+            hot.append((rec, cpu0, calls0, min(wait * 2, RETRY_MAX_NS)))
+        self._hot = hot
+        if hot:
+            rec, _, _, wait = hot[0]
+            lib.sb_retrip_at(rec.signum, monotonic_ns() + wait)
+        if to_raise is not None:
+            raise to_raise
+
+    def at_dispatch(
+        self, sig: int, ev: SignalEvent, regs: tuple[HandlerHandle, ...]
+    ) -> list[_chain.Interruption] | None:
+        """The event is dispatched: interrupt what Python's handler did not."""
+        recs, handled = self._pending.pop(sig, ([], set()))
+        seen = {id(r.target) for r in recs}
+        for h in regs:
+            if not h.active or h.interrupt is False or id(h) in handled or h._fired:
+                continue
+            if h.senders is not None and not h.senders.accepts(ev):
+                continue
+            h._fired = h._once
+            target = self._target_of(h, None)
+            if target is None or target.done() or id(target) in seen:
+                continue
+            seen.add(id(target))
+            recs.append(self._new(target, sig))
+        for rec in recs:
+            rec.bind(ev)
+            if rec.raised is None:
+                if not rec.target.done():
+                    rec.target.cancel(rec.message())
+            else:
+                _chain.add_note(
+                    rec.raised, f"aiosigbridge: {ev.name} was sent by pid {ev.pid}, uid {ev.uid}"
+                )
+        return recs or None
+
+    def watch(self, rec: _chain.Interruption) -> None:
+        """A target cancelled by an interrupt: decide, while the loop runs, whether
+        anyone retrieved its cancellation."""
+        self.undecided.add(rec)
+        if self._timer is None and not self._loop.is_closed():
+            self._timer = self._loop.call_later(1.0, self._decide_soon)
+
+    def _decide_soon(self) -> None:
+        self._timer = None
+        self.decide(closing=False)
+        if self.undecided and not self._loop.is_closed():
+            self._timer = self._loop.call_later(1.0, self._decide_soon)
+
+    def decide(self, *, closing: bool) -> None:
+        """Settle cancellations nobody retrieved (see _chain.Interruption.decide)."""
+        for rec in list(self.undecided):
+            if rec.decide(closing=closing):
+                self.undecided.discard(rec)
+        if closing and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,323 @@
+"""The Python face of the signal owner (``cbits/sb_owner.c``).
+
+Each signal's process-wide state (the C action, Python's table entry, forwarding, the
+originals, which subscribers hold it) has one owner, in C, so that every change is one
+call: under one lock, with every signal blocked in the changing thread and no Python
+code running in the middle (a Python-level handler that raises during a change is held
+back and re-raised once the change is complete).  Subscribers say what they want of a
+signal with :func:`demand`; the owner works out the rest.  The states are drawn in
+``sb_owner.c``.
+
+:data:`BRIDGED` is what ``signal.getsignal()`` returns for a signal whose Python table
+entry the owner took over (one that was ``SIG_DFL``/``SIG_IGN``, or one the main
+thread's loop wants Python-level code for).  Python calls it in the main thread; it asks
+the owner what to do: call the previous Python handler, run the bridge's interrupt hook,
+take the action back (someone put BRIDGED back with ``signal.signal()``), or act as the
+original once nothing holds the signal any more.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import warnings
+from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found]
+from _signal import signal as _raw_signal  # type: ignore[import-not-found]
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, NamedTuple
+
+from ._clib import check, ffi, is_main_thread, lib, signal_name
+
+WATCH: int = lib.SB_WANT_WATCH
+CONSUME: int = lib.SB_WANT_CONSUME
+PYLEVEL: int = lib.SB_WANT_PYLEVEL
+FAST: int = lib.SB_WANT_FAST
+_RAISED: int = lib.SB_RAISED
+
+
+class SignalReplacedWarning(RuntimeWarning):
+    """A bridged signal's action was replaced behind the bridge's back.
+
+    Warned when ``signal.signal()``, ``loop.add_signal_handler()``, ``asyncio.Runner``
+    or C code replaced the action aiosigbridge installed: the bridge's handlers for that
+    signal no longer run (unless the new C handler chains to the old one, as
+    ``faulthandler.register(chain=True)`` does).  Putting back what
+    ``signal.getsignal()`` returned gives the bridged behaviour back.
+    """
+
+
+class _Bridged:
+    """What ``signal.getsignal()`` returns for a signal whose Python table entry
+    aiosigbridge holds (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._nested: set[int] = set()
+        self._spent_ns = 0  # main-thread CPU time spent in here
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self._depth:
+            # Python handlers nest: a storm would recurse.  Run it again soon instead.
+            self._nested.add(signum)
+            return
+        self._depth = 1
+        t0 = time.thread_time_ns()
+        global task_cpu_ns
+        task_cpu_ns = t0 - self._spent_ns - lib.sb_main_handler_ns()
+        try:
+            self._call(signum, frame)
+        finally:
+            nested, self._nested = self._nested, set()
+            for sig in nested:
+                lib.sb_redo(sig)
+            self._spent_ns += time.thread_time_ns() - t0
+            self._depth = 0  # last: no bytecode boundary after it (3.11+)
+
+    def _call(self, signum: int, frame: FrameType | None) -> None:
+        box: list[Any] = []
+        act = lib.sb_bridged(signum, id(box))
+        if act & lib.SB_B_FORK:
+            _after_fork_child()
+            box = []
+            act = lib.sb_bridged(signum, id(box))
+        if act & lib.SB_B_DEFER:
+            self._nested.add(signum)  # came during a change of signal state: after it
+            return
+        original, raised = _settle(box, from_handler=True)
+        if act & lib.SB_B_ORIGINAL and callable(original):
+            original(signum, frame)
+        if act & lib.SB_B_HOOK and _python_hook is not None:
+            _python_hook(signum, frame, bool(act & lib.SB_B_RETRIP))
+        if act & lib.SB_B_DIE:
+            os.kill(os.getpid(), signum)  # the default action is back
+        if raised is not None:
+            raise raised
+
+    def __repr__(self) -> str:
+        return "<aiosigbridge.BRIDGED>"
+
+
+#: The main thread's CPU time (ns) outside BRIDGED and our C handler, as of BRIDGED's
+#: current call: what the code it interrupts used itself (the interrupt hook's measure
+#: of a task hogging the CPU).
+task_cpu_ns = 0
+BRIDGED = _Bridged()
+_python_hook: Callable[[int, FrameType | None, bool], None] | None = None
+
+#: The Python table entry the owner expects for each held signal (what a per-drain
+#: check compares with, cheaply); signals found replaced; warnings BRIDGED could not
+#: give from inside a signal handler.
+_expected: dict[int, Any] = {}
+_replaced: set[int] = set()
+_pending_warnings: list[int] = []
+
+
+def set_python_hook(hook: Callable[[int, FrameType | None, bool], None] | None) -> None:
+    """What BRIDGED runs in the main thread for the main loop's Python-level
+    registrations (interrupts, and the stock loop's dispatch from select())."""
+    global _python_hook
+    _python_hook = hook
+
+
+def _settle(box: list[Any], *, from_handler: bool = False) -> tuple[Any, BaseException | None]:
+    """Take in what a C call appended to its box: expected table entries, warnings,
+    exceptions held back during the change, BRIDGED's previous handler."""
+    original: Any = None
+    raised: BaseException | None = None
+    warn: list[int] = []
+    for item in box:
+        if type(item) is not tuple:
+            continue  # a reference released outside the change ("drop")
+        kind, sig, obj = item
+        if kind == "expect":
+            if obj is None:
+                _expected.pop(sig, None)
+                _replaced.discard(sig)
+            else:
+                _expected[sig] = obj
+        elif kind == "warn":
+            warn.append(sig)
+        elif kind == "raise":
+            if raised is None:
+                raised = obj
+        elif kind == "original":
+            original = obj
+    if from_handler:
+        _pending_warnings.extend(warn)
+    else:
+        warn = _pending_warnings + warn
+        del _pending_warnings[:]
+        for sig in warn:
+            _replaced.add(sig)
+            _warn_replaced(sig)
+    return original, raised
+
+
+def _call(fn: Callable[..., int], what: str, *args: int) -> int:
+    box: list[Any] = []
+    rc = fn(*args, id(box))
+    _, raised = _settle(box)
+    if rc < 0:
+        if -rc == errno.EDEADLK:
+            msg = (
+                f"aiosigbridge: {what} was called from a signal handler that interrupted "
+                "another change of signal state; call it from the event loop instead"
+            )
+            raise RuntimeError(msg)
+        check(rc, what)
+    if raised is not None:
+        raise raised  # from a Python-level handler during the change; the change is done
+    return rc & ~_RAISED
+
+
+def demand(slot: int, sig: int, flags: int) -> None:
+    """What subscriber ``slot`` wants of ``sig`` (WATCH | CONSUME | PYLEVEL | FAST;
+    0: nothing).  Idempotent: the owner installs on the first holder, gives the
+    signal back after the last, and keeps the table and forwarding right between."""
+    _call(lib.sb_demand, f"watching {signal_name(sig)}", slot, sig, flags, is_main_thread())
+
+
+def unsubscribe(slot: int) -> None:
+    """Drop every demand of ``slot`` and free it."""
+    _call(lib.sb_unsubscribe, "closing a subscription", slot, is_main_thread())
+
+
+def check_now() -> frozenset[int]:
+    """Look for held signals replaced behind our back (warn once each), or put back
+    (take them again); pay table restores owed to the main thread.  The replaced ones."""
+    _call(lib.sb_check, "checking signal actions", is_main_thread())
+    for sig in list(_replaced):
+        if not state(sig).replaced:
+            _replaced.discard(sig)
+    return frozenset(_replaced)
+
+
+def needs_check() -> bool:
+    """Cheap, per drain: did Python code change the table of a held signal, or is one
+    replaced (it may have been put back since)?"""
+    if _replaced or _pending_warnings:
+        return True
+    for sig, want in list(_expected.items()):  # other threads may change it
+        if _raw_getsignal(sig) is not want:
+            return True
+    return False
+
+
+def escalate(sig: int, arm: int, lower_to: int = 0) -> None:
+    """run()'s escalation: ``arm`` +1/-1; while armed the C handler gives SIG_DFL back
+    after the second delivery (or ``lower_to`` more), so a further one kills a process
+    stuck in C code."""
+    check(lib.sb_escalate(sig, arm, lower_to) & ~_RAISED, "aiosigbridge escalate")
+
+
+class SignalState(NamedTuple):
+    """The owner's view of one signal."""
+
+    held: bool
+    forward: bool
+    chain: bool
+    table_bridged: bool
+    debt: bool
+    replaced: bool
+    behind: bool
+    restart: bool
+    demand: int
+
+
+def state(sig: int) -> SignalState:
+    out = ffi.new("sb_sigstate *")
+    check(lib.sb_state(sig, out), "aiosigbridge state")
+    return SignalState(
+        bool(out.held),
+        bool(out.forward),
+        bool(out.chain),
+        bool(out.table_bridged),
+        bool(out.debt),
+        bool(out.replaced),
+        bool(out.behind),
+        bool(out.restart),
+        int(out.demand),
+    )
+
+
+def held() -> list[int]:
+    """The signals some subscriber holds, ascending."""
+    mask = int(lib.sb_held_mask())
+    return [i + 1 for i in range(64) if mask >> i & 1]
+
+
+def _warn_replaced(sig: int) -> None:
+    name = signal_name(sig)
+    msg = (
+        f"the action for {name} was replaced behind aiosigbridge's back (signal.signal(), "
+        f"loop.add_signal_handler(), asyncio.Runner or C code): the bridge's handlers for "
+        f"{name} no longer run unless the new handler chains to the old one. Putting back "
+        f"what signal.getsignal() returned gives them back; or register bridge handlers "
+        f"after installing other handlers for {name}."
+    )
+    warnings.warn(msg, SignalReplacedWarning, stacklevel=5)
+
+
+# -- fork --------------------------------------------------------------------------------
+
+_fork_callbacks: list[Callable[[], None]] = []
+_pid = os.getpid()
+
+
+def on_fork_child(callback: Callable[[], None]) -> None:
+    """Run ``callback`` in a forked child, before the owner gives Python's table back."""
+    _fork_callbacks.append(callback)
+
+
+def _before_fork() -> None:
+    lib.sb_fork_prepare()
+
+
+def _after_fork_parent() -> None:
+    lib.sb_fork_parent()
+
+
+def _after_fork_child() -> None:
+    """The C layer gave the original actions back inside fork(); here the Python side:
+    no subscriptions (callbacks), and Python's table gets its originals back."""
+    global _pid
+    if _pid == os.getpid():
+        return
+    _pid = os.getpid()
+    _expected.clear()
+    _replaced.clear()
+    del _pending_warnings[:]
+    for cb in _fork_callbacks:
+        try:
+            cb()
+        except Exception:
+            pass
+    box: list[Any] = []
+    lib.sb_fork_child(id(box))
+    _settle(box, from_handler=True)
+    del _pending_warnings[:]
+
+
+check(lib.sb_owner_init(id(BRIDGED), id(_raw_signal), id(_raw_getsignal)), "aiosigbridge init")
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_parent,
+        after_in_child=_after_fork_child,
+    )
+
+__all__ = [
+    "BRIDGED",
+    "CONSUME",
+    "FAST",
+    "PYLEVEL",
+    "WATCH",
+    "SignalReplacedWarning",
+    "SignalState",
+    "demand",
+    "held",
+    "state",
+    "unsubscribe",
+]
