@@ -698,13 +698,21 @@ static void timer_trip(int sig, int redo)
     pthread_mutex_lock(&g_lock);
     sb_own *o = &g_own[sig];
     struct sigaction cur;
-    if (o->held && o->table_bridged && sigaction(sig, NULL, &cur) == 0 &&
-        (sb_handler_is(&cur) || is_python_handler(&cur))) {
+    int trip = o->held && o->table_bridged && sigaction(sig, NULL, &cur) == 0 &&
+               (sb_handler_is(&cur) || is_python_handler(&cur));
+    if (trip) {
         if (!redo)
             atomic_store(&g_sig[sig].retrip, 1);
         PyErr_SetInterruptEx(sig);
     }
     pthread_mutex_unlock(&g_lock);
+    if (trip && Py_IsInitialized()) {
+        /* From a thread other than the main one, the trip alone may go unnoticed until
+         * the main thread next gives up the GIL (3.10-3.13 recompute "signals pending"
+         * for the main thread only then): ask for the GIL, so that it does now. */
+        PyGILState_STATE gs = PyGILState_Ensure();
+        PyGILState_Release(gs);
+    }
 }
 
 static void *timer_main(void *arg)

@@ -37,13 +37,13 @@ async def bridge_with_one_handler() -> Any:
     got = Collector()
     bridge = asb.get_bridge()
     bridge.add_handler(SIG, got)
-    before = _native.disposition(SIG), dict(bridge._handlers), dict(bridge._watch_count)
+    before = _native.disposition(SIG), dict(bridge._handlers), dict(bridge._receivers)
     yield bridge, got, before
     await bridge.aclose()
 
 
 async def _still_works(bridge: asb.SignalBridge, got: Collector, before: Any) -> None:
-    assert (_native.disposition(SIG), dict(bridge._handlers), dict(bridge._watch_count)) == before
+    assert (_native.disposition(SIG), dict(bridge._handlers), dict(bridge._receivers)) == before
     os.kill(os.getpid(), SIG)
     await got.wait(len(got.events) + 1)
 
@@ -182,8 +182,10 @@ def test_sigqueue_errors() -> None:
     """sigqueue() reports the kernel's refusal as OSError with the call in it."""
     with pytest.raises(ProcessLookupError, match="sigqueue"):
         asb.sigqueue(2**22 + 12345, signal.SIGUSR1, 1)
-    with pytest.raises(OverflowError, match="64 signed bits"):
-        asb.sigqueue(os.getpid(), signal.SIGUSR1, 2**63)
+    with pytest.raises(OverflowError, match="C int"):
+        asb.sigqueue(os.getpid(), signal.SIGUSR1, 2**31)
+    with pytest.raises(OverflowError, match="C int"):
+        asb.sigqueue(os.getpid(), signal.SIGUSR1, -(2**31) - 1)
     with pytest.raises(TypeError):
         asb.sigqueue(os.getpid(), "SIGUSR1", 1)  # type: ignore[arg-type]
 

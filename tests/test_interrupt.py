@@ -125,7 +125,7 @@ async def test_several_failures_become_a_group() -> None:
         await target
     exc = interrupted(info.value)
     gate.set()
-    rec = next(r for r in bridge._interruptions if r.target is target)
+    rec = next(r for r in bridge.interrupts.recent if r.target is target)
     await asyncio.wait_for(rec.settled(TIMEOUT), TIMEOUT)
     group = exc.__cause__
     assert isinstance(group, BaseExceptionGroup)

@@ -1,11 +1,12 @@
 """The C signal handler's path calls only async-signal-safe functions (issue 5, §3).
 
-``cbits/sigbridge.c`` is compiled with ``gcc -fcallgraph-info``, which writes the call
-graph the compiler really emitted (after inlining, with indirect calls as one
-placeholder node).  Every function reachable from ``sb_handler`` through functions
-defined in the file must be either one of those functions or on ALLOWED, and every
-external call must be named in the file's "Async-signal-safety" comment block, so the
-documentation stays the list of what the handler does.  The checker is itself tested on
+``cbits/sigbridge.c`` (the handler) and ``cbits/sb_storage.c`` (what it records into)
+are compiled with ``gcc -fcallgraph-info``, which writes the call graph the compiler
+really emitted (after inlining, with indirect calls as one placeholder node).  Every
+function reachable from ``sb_handler`` through functions defined in those files must be
+either one of those functions or on ALLOWED, and every external call must be named in
+sigbridge.c's "Async-signal-safety" comment block, so the documentation stays the list
+of what the handler does.  The checker is itself tested on
 modified copies of the file (a ``malloc`` or ``printf`` added to the handler or to a
 helper it calls must fail).
 """
@@ -23,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CBITS = ROOT / "cbits"
 SOURCE = CBITS / "sigbridge.c"
+STORAGE = "sb_storage.c"  # compiled beside SOURCE: the handler records into it
 ENTRY = "sb_handler"
 
 # External functions the handler path may call, and why each is safe there.
@@ -31,7 +33,16 @@ ALLOWED = {
     "getpid": "POSIX async-signal-safe",
     "write": "POSIX async-signal-safe",
     "PyErr_SetInterruptEx": "documented by CPython as callable from a signal handler",
-    "sigaction": "POSIX async-signal-safe (gives back SIG_DFL after N deliveries)",
+    "sigaction": "POSIX async-signal-safe (reads the action; gives back SIG_DFL)",
+    "sigemptyset": "POSIX async-signal-safe",
+    "sigaddset": "POSIX async-signal-safe",
+    "sigismember": "POSIX async-signal-safe",
+    "sigpending": "POSIX async-signal-safe",
+    "pthread_sigmask": "POSIX async-signal-safe",
+    "raise": "POSIX async-signal-safe",
+    "pthread_self": "reads the thread pointer",
+    "pthread_equal": "compares two thread ids",
+    "memset": "POSIX.1-2008 TC2 async-signal-safe",
     "__errno_location": "how glibc spells `errno`: a thread-local address, no state",
     "__indirect_call": "the chained previous handler (g_original[sig])",
 }
@@ -57,9 +68,24 @@ def _short(title: str) -> str:
 def callgraph(
     source: Path, tmp: Path, opt: str
 ) -> tuple[set[str], dict[str, list[tuple[str, str]]]]:
-    """Compile ``source``; return (functions defined in it, caller -> [(callee, where)])."""
+    """Compile ``source`` and the storage beside it; return (functions defined in them,
+    caller -> [(callee, where)])."""
+    defined: set[str] = set()
+    edges: dict[str, list[tuple[str, str]]] = {}
+    for src in (source, source.parent / STORAGE):
+        d, e = _callgraph_one(src, tmp, opt)
+        defined |= d
+        for caller, callees in e.items():
+            edges.setdefault(caller, []).extend(callees)
+    assert ENTRY in defined, f"{ENTRY} not found in the call graph of {source}"
+    return defined, edges
+
+
+def _callgraph_one(
+    source: Path, tmp: Path, opt: str
+) -> tuple[set[str], dict[str, list[tuple[str, str]]]]:
     include = sysconfig.get_paths()["include"]
-    obj = tmp / f"sb{opt}.o"
+    obj = tmp / f"{source.stem}{opt}.o"
     cmd = [
         str(GCC),
         "-std=c11",
@@ -84,7 +110,6 @@ def callgraph(
             defined.add(_short(m.group(1)))
     for m in _EDGE.finditer(text):
         edges.setdefault(_short(m.group(1)), []).append((_short(m.group(2)), m.group(3)))
-    assert ENTRY in defined, f"{ENTRY} not found in the call graph of {source}"
     return defined, edges
 
 
@@ -132,7 +157,7 @@ def test_handler_path_calls_only_allowed_functions(tmp_path: Path, opt: str) -> 
 def test_handler_path_is_what_the_design_says(tmp_path: Path) -> None:
     """At -O0 (no inlining) the path has the helpers and calls that the comment names."""
     ours, external = handler_path_calls(SOURCE, tmp_path, "-O0")
-    assert {"now_ns", "ring_push", "std_push", "fill_record"} <= ours
+    assert {"sb_now_ns", "sb_store", "ring_push", "std_push", "fill_record"} <= ours
     assert {"clock_gettime", "getpid", "write", "PyErr_SetInterruptEx"} <= set(external)
 
 
@@ -145,19 +170,24 @@ def test_comment_block_lists_every_call(tmp_path: Path) -> None:
 
 
 def _inject(tmp: Path, function: str, code: str, prototypes: str = "") -> Path:
-    """A copy of cbits/ whose sigbridge.c runs ``code`` first thing in ``function``."""
+    """A copy of cbits/ whose handler or storage runs ``code`` first thing in
+    ``function``; returns the copy's sigbridge.c."""
     src_dir = tmp / "cbits"
     shutil.copytree(CBITS, src_dir)
-    path = src_dir / "sigbridge.c"
-    text = path.read_text()
-    m = re.search(rf"^[A-Za-z_][^;{{}}]*\b{function}\s*\([^;{{}}]*\)\s*\{{", text, re.M)
-    assert m, f"no definition of {function} in sigbridge.c"
+    pattern = rf"^[A-Za-z_][^;{{}}]*\b{function}\s*\([^;{{}}]*\)\s*\{{"
+    for name in ("sigbridge.c", STORAGE):
+        path = src_dir / name
+        text = path.read_text()
+        m = re.search(pattern, text, re.M)
+        if m:
+            break
+    assert m, f"no definition of {function} in sigbridge.c or {STORAGE}"
     text = text[: m.end()] + "\n    " + code + "\n" + text[m.end() :]
     if prototypes:  # after the first #include (Python.h must stay first)
         first = text.index("\n", text.index("#include")) + 1
         text = text[:first] + prototypes + "\n" + text[first:]
     path.write_text(text)
-    return path
+    return src_dir / "sigbridge.c"
 
 
 def _helper_on_path(tmp: Path) -> str:

@@ -192,7 +192,7 @@ class BridgeMachine(RuleBasedStateMachine):
         self.send(sig, None)
         self.settle()
 
-    @rule(sig=st.sampled_from(REALTIME), value=st.integers(-(2**63), 2**63 - 1))
+    @rule(sig=st.sampled_from(REALTIME), value=st.integers(-(2**31), 2**31 - 1))
     def sigqueue(self, sig: int, value: int) -> None:
         self.send(sig, value)
         self.settle()

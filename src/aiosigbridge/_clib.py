@@ -159,10 +159,7 @@ def sigqueue(pid: int, sig: int, value: int = 0) -> None:
         msg = f"a sigqueue value must be an int, not {type(value).__name__}"
         raise TypeError(msg)
     if not -(2**31) <= value < 2**31:
-        msg = (
-            f"a sigqueue value travels as a C int (sival_int): -2**31..2**31-1, "
-            f"got {value!r}"
-        )
+        msg = f"a sigqueue value travels as a C int (sival_int): -2**31..2**31-1, got {value!r}"
         raise OverflowError(msg)
     rc = lib.sb_sigqueue(pid, n, value)
     if rc == -errno.ENOSYS:

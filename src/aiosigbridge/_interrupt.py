@@ -7,16 +7,17 @@ CancelledError at its next ``await``, like any cancellation.
 
 A task that does not return to the loop (CPU-bound code in the main thread's loop) is
 reached through Python's own handler for the signal (asb.BRIDGED), which runs in the main
-thread at the next bytecode: once the running task has used HOG_NS of CPU time after the
-signal without the loop dispatching it (its own: not the main thread's time in BRIDGED or
-in the C handler), the CancelledError is raised where the task is.
-A task blocked in a synchronous call uses none: it gets the interrupt at its next await
-(or when it has used the time), as does a task whose step is long only because signals
-keep coming (more than QUIET deliveries of any signal since): the main thread is busy with them
-rather than hogged by the task.  Only where that is safe: in the task's own code (walking the frames from the one Python
-interrupted up to the task's coroutine, none of them asyncio's or aiosigbridge's), never
-inside the event loop, a task being started or asyncio's own functions.  The interrupt
-timer (C, ``sb_retrip_at``) trips Python's handler again until then.
+thread at the next bytecode: once the running task has used HOG_NS of CPU time of its
+own after the signal (not the main thread's time in BRIDGED or in the C handler) without
+the loop dispatching it, the CancelledError is raised where the task is.  A task blocked
+in a synchronous call uses none: it gets the interrupt at its next await (or once it has
+used the time), as does a task whose step is long only because signals keep coming (more
+than QUIET deliveries of any signal since): the main thread is busy with them, not hogged
+by the task.  The raise happens only where it is safe: in the task's own code (walking
+the frames from the one Python interrupted up to the task's coroutine, none of them
+asyncio's or aiosigbridge's), never inside the event loop, a task being started or
+asyncio's own functions.  The interrupt timer (C, ``sb_retrip_at``) trips Python's
+handler again until then.
 """
 
 from __future__ import annotations
@@ -98,9 +99,7 @@ class Interrupts:
     def _new(
         self, target: asyncio.Task[Any], sig: int, raised: BaseException | None = None
     ) -> _chain.Interruption:
-        rec = _chain.Interruption(
-            self._loop, target, sig, self.handler_timeout, raised, self.watch
-        )
+        rec = _chain.Interruption(self._loop, target, sig, self.handler_timeout, raised, self.watch)
         self.recent.append(rec)
         return rec
 

@@ -18,12 +18,13 @@ original once nothing holds the signal any more.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
 import warnings
 from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found]
-from _signal import signal as _raw_signal  # type: ignore[import-not-found]
+from _signal import signal as _raw_signal
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, NamedTuple
@@ -199,10 +200,7 @@ def needs_check() -> bool:
     replaced (it may have been put back since)?"""
     if _replaced or _pending_warnings:
         return True
-    for sig, want in list(_expected.items()):  # other threads may change it
-        if _raw_getsignal(sig) is not want:
-            return True
-    return False
+    return any(_raw_getsignal(sig) is not want for sig, want in list(_expected.items()))
 
 
 def escalate(sig: int, arm: int, lower_to: int = 0) -> None:
@@ -290,10 +288,8 @@ def _after_fork_child() -> None:
     _replaced.clear()
     del _pending_warnings[:]
     for cb in _fork_callbacks:
-        try:
+        with contextlib.suppress(Exception):
             cb()
-        except Exception:
-            pass
     box: list[Any] = []
     lib.sb_fork_child(id(box))
     _settle(box, from_handler=True)

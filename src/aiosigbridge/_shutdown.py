@@ -224,15 +224,13 @@ class Shutdown:
         sig = self.signal or signal.SIGTERM
         if self._deadline is None or time.monotonic() < self._deadline:
             return
-        try:
+        with contextlib.suppress(BaseException):
             dump_tasks(
                 [self.loop],
                 sys.stderr,
                 f"aiosigbridge: the grace period of {self.grace:g} s after "
                 f"{signal.Signals(sig).name} ran out; these did not finish:",
             )
-        except BaseException:
-            pass
         self._force(sig, f"aiosigbridge: exiting with status {128 + sig}")
 
     def _force(self, sig: int, message: str) -> None:
