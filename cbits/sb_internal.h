@@ -25,6 +25,7 @@ typedef struct {
     _Atomic int reset_after; /* escalation: after this many deliveries give back SIG_DFL */
     _Atomic int escalated;   /* ... which the handler then did */
     _Atomic int fwd_pending; /* forwarded since BRIDGED last asked */
+    _Atomic int64_t fwd_ns;  /* when the last forward was made */
     _Atomic int owed;        /* a forward waits for the end of a change (g_hold) */
     _Atomic int retrip;      /* the interrupt timer tripped Python's handler: no delivery */
     _Atomic uintptr_t absorb_thread; /* a chained handler re-raised on this thread */

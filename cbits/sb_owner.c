@@ -812,13 +812,21 @@ int sb_bridged(int sig, uintptr_t box)
         res |= SB_B_HELD | SB_B_RETRIP | SB_B_HOOK;
     } else if (o->held) {
         res |= SB_B_HELD;
+        struct sigaction cur;
+        int put_back = !forwarded && sigaction(sig, NULL, &cur) == 0 &&
+                       is_python_handler(&cur) && o->table_bridged && !o->behind;
+        /* A trip of ours that came after Python began this handler's round is consumed
+         * with it, and then leaves one more call with nothing forwarded: a leftover. */
+        int leftover = !forwarded && !put_back &&
+                       sb_now_ns() - atomic_load(&g->fwd_ns) < 1000000;
+        if (leftover) {
+            return res | change_end(&c);
+        }
         if (!forwarded) {
             /* Not from our handler: CPython's handler ran (someone put BRIDGED back with
              * signal.signal()) or the signal was simulated (_thread.interrupt_main()).
              * Take the action back, and record this delivery without its siginfo. */
-            struct sigaction cur;
-            if (sigaction(sig, NULL, &cur) == 0 && is_python_handler(&cur) &&
-                o->table_bridged && !o->behind) {
+            if (put_back) {
                 install_ours(sig);
                 o->replaced = o->warned = 0;
             }

@@ -149,6 +149,7 @@ void sb_handler_action(struct sigaction *sa, int restart)
  * Only called while Python's table holds a callable for `sig` (see sb_owner.c). */
 void sb_forward(int sig)
 {
+    atomic_store_explicit(&g_sig[sig].fwd_ns, sb_now_ns(), memory_order_relaxed);
     atomic_store_explicit(&g_sig[sig].fwd_pending, 1, memory_order_release);
     PyErr_SetInterruptEx(sig);
     atomic_fetch_add_explicit(&g_sig[sig].forwarded, 1, memory_order_relaxed);

@@ -118,6 +118,12 @@ _targets: weakref.WeakKeyDictionary[asyncio.Task[Any], list[Interruption]] = (
 )
 
 
+def _observers(task: asyncio.Task[Any]) -> int:
+    """Done-callbacks of ``task`` other than ours: someone awaits it, gathers it..."""
+    n = len(getattr(task, "_callbacks", None) or ())
+    return n - (1 if task in _targets else 0)
+
+
 def _watch_target(task: asyncio.Task[Any], rec: Interruption) -> None:
     recs = _targets.get(task)
     if recs is None:
@@ -186,6 +192,10 @@ class Interruption:
         self._timer: asyncio.TimerHandle | None = None
         self._settled = loop.create_future()
         self._bound = loop.create_future()  # the event was dispatched
+        # 3.10 hands whoever retrieves a cancellation a fresh CancelledError and keeps
+        # the original, so a retrieval cannot be seen: there, a cancellation shows the
+        # chain where the task was awaited (had observers) when it was interrupted.
+        self._observed = _observers(target) > 0
         _watch_target(target, self)
 
     # -- what the bridge tells it -------------------------------------------------------
@@ -193,6 +203,7 @@ class Interruption:
     def bind(self, ev: SignalEvent) -> None:
         """The event this interruption stands for (known at dispatch)."""
         self.event = ev
+        self._observed = self._observed or _observers(self.target) > 0
         if not self._bound.done():
             self._bound.set_result(None)
 
@@ -231,10 +242,11 @@ class Interruption:
         final = final_exception(task)
         if task.cancelled() and final is None:
             final = self.raised
-        if final is not None and _caused_by_interrupt(final, self.raised):
+        unseen_310 = sys.version_info < (3, 11) and task.cancelled() and not self._observed
+        if final is not None and _caused_by_interrupt(final, self.raised) and not unseen_310:
             self.final = final
             self._attach()
-            if task.cancelled() and self._watch is not None:
+            if task.cancelled() and self._watch is not None and sys.version_info >= (3, 11):
                 # asyncio never reports a cancellation nobody retrieved: watch it.
                 self._watch(self)
         else:
