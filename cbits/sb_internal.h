@@ -49,6 +49,8 @@ int sb_is_queued(int sig);
 int64_t sb_now_ns(void);
 int sb_handler_is(const struct sigaction *sa);      /* our handler, SA_SIGINFO or not */
 uintptr_t sb_handler_address(const struct sigaction *sa);
+int sb_is_dfl(const struct sigaction *sa);
+int sb_is_ign(const struct sigaction *sa);
 int sb_is_dfl_or_ign(const struct sigaction *sa);
 void sb_forward(int sig);                           /* async-signal-safe */
 void sb_set_main_thread(void);

@@ -372,7 +372,7 @@ static int take(sb_change *c, int sig, int u, int is_main)
     atomic_store(&g->oneshot_fired, 0);
     atomic_store(&g->escalated, 0);
     atomic_store(&g->absorb_thread, 0);
-    o->user_restart = orig != NULL && !sb_is_dfl_or_ign(orig) && (orig->sa_flags & SA_RESTART);
+    o->user_restart = orig != NULL && (orig->sa_flags & SA_RESTART); /* siginterrupt(s, False) */
 
     /* BRIDGED into Python's table (main thread only) where the original is SIG_DFL/IGN
      * (getsignal() must not claim a default action that no longer happens) or the main
@@ -412,10 +412,12 @@ static void pay_debt(sb_change *c, int sig)
     if (now == g_bridged) {
         struct sigaction cur;
         int have = sigaction(sig, NULL, &cur) == 0;
-        table_set(c, sig, table_original(o));
-        /* signal.signal() set the C action too: put back one that is not CPython's
-         * (the original as restored, or a C handler installed since). */
-        if (have && !is_python_handler(&cur))
+        PyObject *entry = table_original(o);
+        table_set(c, sig, entry);
+        /* signal.signal() set the C action too: put back the one before (the original
+         * as restored, or a C handler installed since), unless it is CPython's handler
+         * and the entry is not a callable. */
+        if (have && (!is_python_handler(&cur) || py_kind(entry) == 2))
             sigaction(sig, &cur, NULL);
     }
     box_drop(c, now);
@@ -424,6 +426,8 @@ static void pay_debt(sb_change *c, int sig)
     o->last_original = o->py_original;
     o->py_original = NULL;
 }
+
+static int timer_request(int sig, int64_t deadline_ns, int redo);
 
 static void give_back(sb_change *c, int sig, int is_main)
 {
@@ -446,9 +450,10 @@ static void give_back(sb_change *c, int sig, int is_main)
         o->orphan = 1; /* the C handler over ours still chains to it */
         table_ours = table_ours && o->table_bridged;
     } else if (sb_handler_is(&cur) || (escalated && sb_is_dfl_or_ign(&cur)) ||
-               (table_ours && o->table_bridged && is_python_handler(&cur))) {
-        /* Still ours to give back (CPython's handler with our BRIDGED in the table:
-         * someone put back what getsignal() returned). */
+               (table_ours && is_python_handler(&cur) &&
+                (o->table_bridged || o->orig_callable))) {
+        /* Still ours to give back (CPython's handler under the entry we left in the
+         * table: someone put back what getsignal() returned). */
         restore_action(sig);
         o->orphan = 0;
     } else if (!table_ours) {
@@ -466,9 +471,13 @@ static void give_back(sb_change *c, int sig, int is_main)
         if (is_main) {
             struct sigaction before;
             sigaction(sig, NULL, &before);
-            table_set(c, sig, table_original(o));
-            if (!is_python_handler(&before))
-                sigaction(sig, &before, NULL); /* exact flags, or the C handler on top */
+            PyObject *entry = table_original(o);
+            table_set(c, sig, entry);
+            /* signal.signal() set a fresh action: the exact original back (its flags:
+             * signal.siginterrupt()), or the C handler on top; never CPython's handler
+             * under an entry that is not a callable. */
+            if (!is_python_handler(&before) || py_kind(entry) == 2)
+                sigaction(sig, &before, NULL);
             o->table_bridged = 0;
         } else {
             o->debt = 1;
@@ -477,7 +486,7 @@ static void give_back(sb_change *c, int sig, int is_main)
              * original, CPython's handler is back and a real delivery trips it too. */
             if (!o->orig_callable && !is_python_handler(&cur)) {
                 o->poked = 1;
-                PyErr_SetInterruptEx(sig);
+                timer_request(sig, sb_now_ns(), 1); /* it makes the main thread look */
             }
         }
     }
@@ -493,10 +502,35 @@ static void give_back(sb_change *c, int sig, int is_main)
     o->replaced = o->warned = 0;
 }
 
+/* Still ours right now (an undetected replacement must not be written over)? */
+/* signal.siginterrupt() changed SA_RESTART on our action: theirs to choose. */
+static void adopt_restart(int sig, const struct sigaction *cur)
+{
+    sb_own *o = &g_own[sig];
+    int restart = (cur->sa_flags & SA_RESTART) != 0;
+    if (sb_handler_is(cur) && (cur->sa_flags & SA_SIGINFO) && restart != (o->restart != 0)) {
+        o->user_restart = o->restart = restart;
+        g_sig[sig].ours.sa_flags = cur->sa_flags;
+    }
+}
+
+static int still_ours(sb_change *c, int sig)
+{
+    sb_own *o = &g_own[sig];
+    struct sigaction cur;
+    if (o->replaced || o->behind || sigaction(sig, NULL, &cur) != 0 || !sb_handler_is(&cur))
+        return 0;
+    adopt_restart(sig, &cur);
+    PyObject *now = table_get(c, sig);
+    int same = same_entry(now, o->table_bridged ? g_bridged : o->py_original);
+    box_drop(c, now);
+    return same;
+}
+
 static void adjust(sb_change *c, int sig, int u, int is_main)
 {
     sb_own *o = &g_own[sig];
-    if ((u & SB_WANT_PYLEVEL) && is_main && !o->table_bridged && !o->behind && !o->replaced) {
+    if ((u & SB_WANT_PYLEVEL) && is_main && !o->table_bridged && still_ours(c, sig)) {
         /* Python-level code wanted in the main thread: BRIDGED goes into the table and
          * stays while the signal is held.  signal.signal() installs CPython's handler
          * for an instant; a delivery to another thread then reaches BRIDGED, which
@@ -506,8 +540,9 @@ static void adjust(sb_change *c, int sig, int u, int is_main)
             install_ours(sig);
         }
     }
+    int ours = still_ours(c, sig); /* adopts a SA_RESTART someone chose meanwhile */
     int restart = settle_flags(sig, u);
-    if (restart != o->restart && !o->behind && !o->replaced) {
+    if (restart != o->restart && ours) {
         o->restart = restart;
         install_ours(sig);
     }
@@ -520,12 +555,23 @@ static void expect(sb_change *c, int sig)
     box_add(c, "expect", sig, o->held ? (o->table_bridged ? g_bridged : o->py_original) : NULL);
 }
 
+/* Main thread: table restores owed, and BRIDGED put back (signal.signal() with what
+ * getsignal() returned while it was bridged) after the signal was let go: the table gets
+ * the original again (and signal.signal() sets the matching C action). */
 static void pay_debts(sb_change *c)
 {
     for (int sig = 1; sig < SB_NSIG; sig++) {
-        if (g_own[sig].debt && !g_own[sig].held) {
+        sb_own *o = &g_own[sig];
+        if (o->held)
+            continue;
+        if (o->debt) {
             pay_debt(c, sig);
             expect(c, sig);
+        } else if (o->last_original != NULL) {
+            PyObject *now = table_get(c, sig);
+            if (now == g_bridged)
+                table_set(c, sig, py_kind(o->last_original) != 3 ? o->last_original : g_sig_dfl);
+            box_drop(c, now);
         }
     }
 }
@@ -649,12 +695,10 @@ int sb_check(int is_main, uintptr_t box)
         if (!o->held || o->behind || sigaction(sig, NULL, &cur) != 0)
             continue;
         if (sb_handler_is(&cur)) {
-            if (!(cur.sa_flags & SA_SIGINFO)) {
-                install_ours(sig);
-            } else if (((cur.sa_flags & SA_RESTART) != 0) != (o->restart != 0)) {
-                o->user_restart = o->restart = (cur.sa_flags & SA_RESTART) != 0;
-                g_sig[sig].ours.sa_flags = cur.sa_flags;
-            }
+            if (!(cur.sa_flags & SA_SIGINFO))
+                install_ours(sig); /* put back by C code with signal(): whole again */
+            else
+                adopt_restart(sig, &cur);
             o->replaced = 0;
             continue;
         }
@@ -663,8 +707,7 @@ int sb_check(int is_main, uintptr_t box)
         int k = py_kind(want);
         int put_back = same_entry(now, want) &&
                        ((k == 2 && is_python_handler(&cur)) ||
-                        (k <= 1 && sb_is_dfl_or_ign(&cur) &&
-                         cur.sa_handler == (k == 0 ? SIG_DFL : SIG_IGN)));
+                        (k == 0 && sb_is_dfl(&cur)) || (k == 1 && sb_is_ign(&cur)));
         box_drop(&c, now);
         if (put_back) {
             install_ours(sig);
@@ -693,6 +736,15 @@ static int g_timer_started;
 static int64_t g_timer_at[SB_NSIG];
 static int g_timer_redo[SB_NSIG]; /* a BRIDGED call to run again (not a re-check) */
 
+/* Make the main thread look at tripped signals now: from another thread, a trip alone
+ * may go unnoticed until the main thread next gives up the GIL (3.10-3.13 recompute
+ * "signals pending" for the main thread only then), so ask for the GIL. */
+static void kick_main_thread(void)
+{
+    PyGILState_STATE gs = PyGILState_Ensure();
+    PyGILState_Release(gs);
+}
+
 static void timer_trip(int sig, int redo)
 {
     pthread_mutex_lock(&g_lock);
@@ -701,18 +753,28 @@ static void timer_trip(int sig, int redo)
     int trip = o->held && o->table_bridged && sigaction(sig, NULL, &cur) == 0 &&
                (sb_handler_is(&cur) || is_python_handler(&cur));
     if (trip) {
-        if (!redo)
-            atomic_store(&g_sig[sig].retrip, 1);
-        PyErr_SetInterruptEx(sig);
+        atomic_store(&g_sig[sig].retrip, redo ? 2 : 1);
+        PyErr_SetInterruptEx(sig); /* the table holds BRIDGED: safe without the GIL */
     }
+    int debt = !o->held && o->debt;
     pthread_mutex_unlock(&g_lock);
-    if (trip && Py_IsInitialized()) {
-        /* From a thread other than the main one, the trip alone may go unnoticed until
-         * the main thread next gives up the GIL (3.10-3.13 recompute "signals pending"
-         * for the main thread only then): ask for the GIL, so that it does now. */
+    if (!Py_IsInitialized())
+        return;
+    if (debt) {
+        /* A table restore owed to the main thread: trip BRIDGED if it is still there
+         * (read under the GIL: nothing writes the table meanwhile). */
         PyGILState_STATE gs = PyGILState_Ensure();
+        PyObject *h = PyObject_CallFunction(g_getsignal_fn, "i", sig);
+        if (h == NULL)
+            PyErr_Clear();
+        trip = h == g_bridged;
+        if (trip)
+            PyErr_SetInterruptEx(sig);
+        Py_XDECREF(h);
         PyGILState_Release(gs);
     }
+    if (trip)
+        kick_main_thread();
 }
 
 static void *timer_main(void *arg)
@@ -805,11 +867,13 @@ int sb_bridged(int sig, uintptr_t box)
     sb_sig *g = &g_sig[sig];
     int res = 0;
     int forwarded = atomic_exchange(&g->fwd_pending, 0);
-    int retrip = atomic_exchange(&g->retrip, 0);
+    int kick = atomic_exchange(&g->retrip, 0); /* the timer's: 1 re-check, 2 redo */
     need_gil(&c);
-    if (o->held && retrip && !forwarded) {
+    if (o->held && kick == 1 && !forwarded) {
         /* The interrupt timer: the hook looks again at an interrupt still pending. */
         res |= SB_B_HELD | SB_B_RETRIP | SB_B_HOOK;
+    } else if (o->held && kick == 2 && !forwarded) {
+        res |= SB_B_HELD; /* a deferred call whose forward another call took: done */
     } else if (o->held) {
         res |= SB_B_HELD;
         struct sigaction cur;
@@ -916,6 +980,26 @@ int sb_state(int sig, sb_sigstate *out)
     out->behind = o->behind;
     out->restart = o->restart;
     out->demand = union_demand(sig);
+    return 0;
+}
+
+/* Cheap, without the lock: is some held signal's C action not ours (replaced, or put
+ * back by someone)?  Per drain, only the signals whose table entry is not BRIDGED are
+ * looked at (`plain_only`): put back with signal.signal(), a BRIDGED entry brings its
+ * own look (BRIDGED runs at the next delivery); the previous handler, or SIG_DFL left in
+ * the table by a bridge of another thread, does not. */
+int sb_actions_changed(int plain_only)
+{
+    for (int sig = 1; sig < SB_NSIG; sig++) {
+        sb_own *o = &g_own[sig];
+        struct sigaction cur;
+        if (!o->held || o->behind || (plain_only && o->table_bridged))
+            continue;
+        if (sigaction(sig, NULL, &cur) != 0)
+            continue;
+        if (!sb_handler_is(&cur) || !(cur.sa_flags & SA_SIGINFO))
+            return 1;
+    }
     return 0;
 }
 

@@ -58,6 +58,7 @@ _Atomic int g_owner_pid;
 _Atomic int g_hold;
 _Atomic uint64_t g_deliveries;
 _Atomic int64_t g_main_handler_ns;
+_Atomic int g_check_needed;
 static pthread_t g_main_thread;
 int g_rtmin = SB_NSIG;
 int g_rtmax = 0;
@@ -82,6 +83,8 @@ uint64_t sb_deliveries(void) { return atomic_load_explicit(&g_deliveries, memory
 
 int64_t sb_main_handler_ns(void) { return atomic_load(&g_main_handler_ns); }
 
+int sb_take_check_needed(void) { return atomic_exchange(&g_check_needed, 0); }
+
 /* The thread whose CPU time the interrupt hook reads (Python's main thread). */
 void sb_set_main_thread(void) { g_main_thread = pthread_self(); }
 
@@ -101,11 +104,13 @@ int sb_handler_is(const struct sigaction *sa)
     return sb_handler_address(sa) == (uintptr_t)sb_handler;
 }
 
-int sb_is_dfl_or_ign(const struct sigaction *sa)
-{
-    return !(sa->sa_flags & SA_SIGINFO) &&
-           (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
-}
+/* By the handler's address, whatever the flags: when an SA_RESETHAND handler fires,
+ * Linux resets the handler to SIG_DFL but leaves SA_SIGINFO set. */
+int sb_is_dfl(const struct sigaction *sa) { return sb_handler_address(sa) == (uintptr_t)SIG_DFL; }
+
+int sb_is_ign(const struct sigaction *sa) { return sb_handler_address(sa) == (uintptr_t)SIG_IGN; }
+
+int sb_is_dfl_or_ign(const struct sigaction *sa) { return sb_is_dfl(sa) || sb_is_ign(sa); }
 
 const struct sigaction *sb_original(int sig)
 {
@@ -185,7 +190,11 @@ static void default_action(int sig)
  * have none (the kernel gave us none); a handler that wants one gets a zeroed one. */
 static void call_action(int sig, const struct sigaction *o, siginfo_t *info, void *uctx)
 {
-    if (o->sa_flags & SA_SIGINFO) {
+    if (sb_is_dfl(o)) {
+        default_action(sig);
+    } else if (sb_is_ign(o)) {
+        /* ignored */
+    } else if (o->sa_flags & SA_SIGINFO) {
         siginfo_t zero;
         if (info == NULL) {
             memset(&zero, 0, sizeof zero);
@@ -193,9 +202,7 @@ static void call_action(int sig, const struct sigaction *o, siginfo_t *info, voi
             info = &zero;
         }
         o->sa_sigaction(sig, info, uctx);
-    } else if (o->sa_handler == SIG_DFL) {
-        default_action(sig);
-    } else if (o->sa_handler != SIG_IGN) {
+    } else {
         o->sa_handler(sig);
     }
 }
@@ -292,6 +299,10 @@ static void sb_handler(int sig, siginfo_t *info, void *uctx)
         info = NULL;
         uctx = NULL;
     }
+    /* Our action put back without SA_SIGINFO, or another C handler over ours that
+     * chains to us: the owner has a look at the next drain. */
+    if (have_cur && (sb_handler_is(&cur) ? !(cur.sa_flags & SA_SIGINFO) : !sb_is_dfl_or_ign(&cur)))
+        atomic_store_explicit(&g_check_needed, 1, memory_order_relaxed);
 
     /* Not bridged here (a forked child before its at-fork handler ran: getpid() is a
      * system call, right in the child; or nobody holds the signal): the original. */
@@ -419,9 +430,9 @@ int sb_disposition(int sig, uintptr_t *handler, int *flags)
         *handler = sb_handler_address(&cur);
     if (sb_handler_is(&cur))
         return SB_DISP_OURS;
-    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_DFL)
+    if (sb_is_dfl(&cur))
         return SB_DISP_DEFAULT;
-    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN)
+    if (sb_is_ign(&cur))
         return SB_DISP_IGNORE;
     return SB_DISP_OTHER;
 }

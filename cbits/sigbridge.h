@@ -105,6 +105,7 @@ int sb_sigqueue(int pid, int sig, int32_t value);
 int64_t sb_monotonic_ns(void);
 uint64_t sb_deliveries(void);
 int64_t sb_main_handler_ns(void);
+int sb_take_check_needed(void);
 void sb_set_main_thread(void);
 
 /* storage */
@@ -125,6 +126,7 @@ int sb_escalate(int sig, int arm, int lower_to);
 int sb_retrip_at(int sig, int64_t deadline_ns);
 int sb_state(int sig, sb_sigstate *out);
 uint64_t sb_held_mask(void);
+int sb_actions_changed(int plain_only);
 int sb_fork_prepare(void);
 void sb_fork_parent(void);
 int sb_fork_child(uintptr_t box);

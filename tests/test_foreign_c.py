@@ -152,12 +152,6 @@ def test_action_put_back_without_siginfo_then_taken_back_and_given_back(loop: st
     assert "Traceback" not in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: the per-drain check looks at Python's table only, so our action "
-    "put back without SA_SIGINFO is never taken back by a drain (senders lost until "
-    "an add, remove or check())",
-)
 async def test_action_put_back_without_siginfo_is_taken_back_at_the_next_drain() -> None:
     """After the first sender-less event is drained, deliveries carry their sender again."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -338,12 +332,6 @@ def test_one_shot_c_handler_runs_once_and_is_not_rearmed(loop: str, foreign_lib:
     ], err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a spent SA_RESETHAND|SA_SIGINFO action (the kernel resets the "
-    "handler to SIG_DFL and keeps the flags) is taken for a foreign handler at address 0: "
-    "the bridge chains to NULL and the process dies of SIGSEGV at the first delivery",
-)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_one_shot_c_handler_spent_before_bridging_is_the_default(
     loop: str, foreign_lib: Path

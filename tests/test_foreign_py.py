@@ -161,11 +161,6 @@ def test_save_restore_on_sigterm_then_close_gives_the_default_back(loop: str) ->
     assert "Traceback" not in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a callable original's entry put back with signal.signal() "
-    "is not noticed at later drains; SIGINT never reaches the bridge again",
-)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_save_restore_on_sigint_gives_the_bridge_back(loop: str) -> None:
     """SIGINT (default_int_handler) saved and restored: after the next drain it is bridged."""
@@ -334,16 +329,11 @@ def test_runner_takes_sigint_over_from_a_worker_loops_bridge(loop: str) -> None:
 
 # -- C. SA_RESTART chosen with signal.siginterrupt() -------------------------------------
 
-_RESTART_LOST = (
-    "library bug: with an interrupt= registration the owner writes the original back "
-    "through signal.signal(), which drops SA_RESTART (signal.siginterrupt(sig, False))"
-)
-
 
 @linux_only
 @pytest.mark.parametrize(
     "interrupt",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=_RESTART_LOST))],
+    [False, True],
 )
 async def test_siginterrupt_before_bridging_keeps_sa_restart(interrupt: bool) -> None:
     """siginterrupt(sig, False) before bridging: SA_RESTART stays, and is given back."""
@@ -374,17 +364,7 @@ async def test_siginterrupt_before_bridging_keeps_sa_restart(interrupt: bool) ->
 @linux_only
 @pytest.mark.parametrize(
     "option",
-    [
-        "consume",
-        pytest.param(
-            "interrupt",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library bug: an interrupt= registration reinstalls the bridge's "
-                "action with the SA_RESTART it knew before signal.siginterrupt()",
-            ),
-        ),
-    ],
+    ["consume", "interrupt"],
 )
 async def test_siginterrupt_while_bridged_survives_the_next_registration(option: str) -> None:
     """siginterrupt(sig, False) on a bridged signal: SA_RESTART stays through new handlers."""

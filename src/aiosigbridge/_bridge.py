@@ -56,6 +56,8 @@ class Receiver(Protocol):
 
 
 _Partial = tuple[SignalEvent, tuple[HandlerHandle, ...], int, Any, bool]
+#: Seconds between a bridge's looks at its signals' actions (see SignalBridge._check).
+RECHECK_S = 1.0
 
 
 class SignalBridge:
@@ -283,18 +285,25 @@ class SignalBridge:
         self._sub.demand(sig, flags)
 
     def _check(self) -> frozenset[int]:
-        """Ask the owner about replaced signals; while one of ours is, look again now and
-        then (what signal.getsignal() returned may be put back: then it is ours again)."""
+        """Ask the owner about replaced signals (warned once each) and put-back ones
+        (taken again).  While the bridge watches signals it looks again now and then:
+        every RECHECK_S, or every RECHECK_S / 4 while one of its signals is replaced,
+        since other code may put back what signal.getsignal() returned at any time."""
         replaced = _owner.check_now()
         watched = set(self._handlers) | set(self._receivers)
-        if replaced & watched and self._recheck is None and not self._loop.is_closed():
-            self._recheck = self._loop.call_later(0.5, self._recheck_now)
+        if watched and self._recheck is None and not self._loop.is_closed():
+            delay = RECHECK_S / 4 if replaced & watched else RECHECK_S
+            self._recheck = self._loop.call_later(delay, self._recheck_now)
         return replaced
 
     def _recheck_now(self) -> None:
         self._recheck = None
-        if not self._closed:
+        if self._closed:
+            return
+        if _owner.needs_check() or _owner.actions_changed():
             self._check()
+        elif (self._handlers or self._receivers) and not self._loop.is_closed():
+            self._recheck = self._loop.call_later(RECHECK_S, self._recheck_now)
 
     def _remove(self, h: HandlerHandle) -> None:
         h.active = False

@@ -84,8 +84,7 @@ class _Bridged:
             box = []
             act = lib.sb_bridged(signum, id(box))
         if act & lib.SB_B_DEFER:
-            self._nested.add(signum)  # came during a change of signal state: after it
-            return
+            return  # came during a change of signal state: the change trips it again
         original, raised = _settle(box, from_handler=True)
         if act & lib.SB_B_ORIGINAL and callable(original):
             original(signum, frame)
@@ -196,11 +195,19 @@ def check_now() -> frozenset[int]:
 
 
 def needs_check() -> bool:
-    """Cheap, per drain: did Python code change the table of a held signal, or is one
-    replaced (it may have been put back since)?"""
-    if _replaced or _pending_warnings:
+    """Cheap, per drain: did Python code change the table of a held signal, is one
+    replaced (it may have been put back since), or did the C handler see its action
+    changed by C code (put back without SA_SIGINFO, or another handler over it)?"""
+    if _replaced or _pending_warnings or lib.sb_take_check_needed():
+        return True
+    if lib.sb_actions_changed(1):  # a table entry not BRIDGED: a put-back shows only here
         return True
     return any(_raw_getsignal(sig) is not want for sig, want in list(_expected.items()))
+
+
+def actions_changed() -> bool:
+    """Is some held signal's C action not ours right now (a cheap look, no lock)?"""
+    return bool(lib.sb_actions_changed(0))
 
 
 def escalate(sig: int, arm: int, lower_to: int = 0) -> None:
