@@ -264,9 +264,7 @@ def _check_churn(r: dict[str, Any], mode: str) -> None:
 )
 @pytest.mark.parametrize("loop", LOOPS)
 def test_flood_during_add_and_remove_keeps_the_registry_consistent(loop: str, mode: str) -> None:
-    """SIGINT (KeyboardInterrupt inside the calls) or an interrupt=True signal flooded
-    from another process while handlers are added and removed 3000 times: what is
-    registered runs, the signal is held exactly then, every action is given back."""
+    """A flood during 3000 add/remove calls: held exactly while registered, state restored."""
     _check_churn(child(CHURN, loop, mode, "add_remove", "3000", timeout=60), mode)
 
 
@@ -289,7 +287,5 @@ def test_flood_during_add_and_remove_keeps_the_registry_consistent(loop: str, mo
 )
 @pytest.mark.parametrize("loop", LOOPS)
 def test_flood_during_aclose_gives_every_signal_back(loop: str, mode: str) -> None:
-    """SIGINT (KeyboardInterrupt inside the calls, aclose() retried) or an interrupt
-    signal flooded while 200 bridges are made and closed: every subscription is freed
-    and every action given back."""
+    """A flood while bridges open and close: every subscription freed, every action restored."""
     _check_churn(child(CHURN, loop, mode, "aclose", "200", timeout=60), mode)

@@ -35,8 +35,7 @@ async def _next(rx: asb.SignalReceiver) -> asb.SignalEvent:
 
 
 async def test_standard_storm_into_a_tiny_receiver_never_drops() -> None:
-    """1000 SIGUSR1 (and some SIGUSR2) into a receiver with maxsize=2 nobody reads: each
-    delivery merges into the event still waiting, so nothing is dropped or lost."""
+    """1000 SIGUSR1 into a maxsize=2 receiver merge into the waiting event: nothing dropped."""
     bridge = asb.get_bridge()
     async with asb.open_receiver(signal.SIGUSR1, signal.SIGUSR2, maxsize=2) as rx:
         for i in range(1000):
@@ -60,8 +59,7 @@ async def test_standard_storm_into_a_tiny_receiver_never_drops() -> None:
 
 
 async def test_standard_storm_from_another_process_into_a_tiny_receiver() -> None:
-    """A child's SIGUSR1 storm into a receiver with maxsize=1: no drop; the events'
-    coalesced counts add up to every delivery the bridge received."""
+    """A child's SIGUSR1 storm into a maxsize=1 receiver: no drop, coalesced counts add up."""
     bridge = asb.get_bridge()
     marker = Collector()
     bridge.add_handler(signal.SIGUSR2, marker)
@@ -83,8 +81,7 @@ async def test_standard_storm_from_another_process_into_a_tiny_receiver() -> Non
 
 
 async def test_realtime_into_a_small_receiver_counts_overflow() -> None:
-    """Realtime signals stay one event per send: past maxsize they are dropped and
-    counted in rx.overflowed and stats()[sig].dropped."""
+    """Realtime signals past a receiver's maxsize are dropped and counted, one per send."""
     bridge = asb.get_bridge()
     got = Collector()
     bridge.add_handler(RT, got)
@@ -104,8 +101,7 @@ async def test_realtime_into_a_small_receiver_counts_overflow() -> None:
 
 @pytest.mark.parametrize("make", ["get_bridge", "SignalBridge"])
 async def test_capacity_one_delivers_one_and_counts_one_per_round(make: str) -> None:
-    """capacity=1: two realtime sends before a drain give one event and one counted
-    overflow, round after round (the ring never jams)."""
+    """capacity=1: two sends before a drain give one event and one overflow, every round."""
     loop = asyncio.get_running_loop()
     bridge = asb.get_bridge(capacity=1) if make == "get_bridge" else asb.SignalBridge(loop, 1)
     got = Collector()
@@ -123,8 +119,7 @@ async def test_capacity_one_delivers_one_and_counts_one_per_round(make: str) -> 
 
 @pytest.mark.parametrize("capacity", [2, 3, 5, 6])
 async def test_capacity_is_exact(capacity: int) -> None:
-    """The bridge keeps exactly `capacity` realtime records (5 keeps 5, not the ring's
-    8), twice in a row."""
+    """A bridge keeps exactly `capacity` realtime records (5 keeps 5, not 8), every round."""
     bridge = asb.SignalBridge(asyncio.get_running_loop(), capacity=capacity)
     got = Collector()
     bridge.add_handler(RT, got)
@@ -145,8 +140,7 @@ async def test_capacity_is_exact(capacity: int) -> None:
 
 
 async def test_large_batch_comes_out_in_send_order() -> None:
-    """1000 sigqueue'd values with a standard signal sent after the 500th, all stored
-    before one drain (more than the 256 records of a first read): in send order."""
+    """1000 queued values with a SIGUSR1 in the middle, drained at once, come in send order."""
     bridge = asb.get_bridge()
     order: list[Any] = []
     done = Collector()
@@ -168,8 +162,7 @@ async def test_large_batch_comes_out_in_send_order() -> None:
 
 
 async def test_refused_sender_then_accepted_sender_are_kept_apart() -> None:
-    """A refused sender's SIGUSR1 followed, before the drain, by an accepted sender's
-    (another process): the accepted one is delivered, the refused one counted."""
+    """A refused then an accepted sender's SIGUSR1 before a drain: the accepted is delivered."""
     bridge = asb.get_bridge()
     go_r, go_w = os.pipe()
     try:
@@ -202,8 +195,7 @@ async def test_refused_sender_then_accepted_sender_are_kept_apart() -> None:
 
 @pytest.mark.skipif(sys.byteorder != "little", reason="sival_int is the low half here")
 async def test_value_of_a_sender_filling_only_sival_int() -> None:
-    """A sender that fills only sival_int (the union's upper half is garbage, as with
-    util-linux `kill -q`) gives ev.value == that int."""
+    """A sender filling only sival_int (garbage upper half) gives ev.value == that int."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.sigqueue.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint64]
     got = Collector()
@@ -219,8 +211,7 @@ async def test_value_of_a_sender_filling_only_sival_int() -> None:
 
 
 async def test_sigqueue_takes_exactly_the_c_int_range() -> None:
-    """asb.sigqueue sends -2**31 and 2**31-1 exactly and refuses one past either end
-    without sending anything."""
+    """asb.sigqueue sends -2**31 and 2**31-1 exactly and refuses one past either end."""
     bridge = asb.get_bridge()
     got = Collector()
     bridge.add_handler(RT, got)
@@ -250,8 +241,7 @@ for _ in range(200):
 
 
 async def test_count_identity_after_bursts_with_filters_and_small_capacity() -> None:
-    """Bursts from this process and a child into a capacity=4 bridge with sender
-    filters and tiny receivers: every signal's counts add up exactly."""
+    """Bursts into a capacity=4 bridge with filters and tiny receivers: every count adds up."""
     bridge = asb.get_bridge(capacity=4)
     rt2 = RT + 1
     mine, nobody, usr1, marker = Collector(), Collector(), Collector(), Collector()
