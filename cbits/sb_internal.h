@@ -64,6 +64,7 @@ void sb_owner_after_fork_child(void); /* sb_owner.c: locks re-initialised */
  * safe.  `info` NULL: no siginfo (code SB_SI_UNKNOWN). */
 void sb_store(int sig, const siginfo_t *info, int64_t ts);
 int sb_slot_valid(int slot);
+uint32_t sb_slot_gen(int slot);
 int sb_slot_watch(int slot, int sig, int on);
 int sb_slot_release(int slot);
 void sb_storage_after_fork_child(void);

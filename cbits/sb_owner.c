@@ -112,8 +112,7 @@ static void box_drop(sb_change *c, PyObject *obj)
 {
     if (obj == NULL)
         return;
-    if (c->box != NULL && PyList_Append(c->box, obj) != 0)
-        PyErr_Clear();
+    box_add(c, "drop", 0, obj);
     Py_DECREF(obj);
 }
 
@@ -626,16 +625,50 @@ int sb_owner_init(uintptr_t bridged, uintptr_t signal_fn, uintptr_t getsignal_fn
     return g_sig_dfl == NULL ? -ENOMEM : 0;
 }
 
-int sb_demand(int slot, int sig, int flags, int is_main, uintptr_t box)
+/* The caller's own bookkeeping, made in the same change: `ops` is a list of
+ * (dict, key, value) triples, value None deleting the key.  A registration is then
+ * whole or not at all, whatever Python-level handler runs before or after the call. */
+static void commit(sb_change *c, uintptr_t ops_id)
+{
+    if (ops_id == 0)
+        return;
+    need_gil(c);
+    PyObject *ops = (PyObject *)ops_id;
+    Py_ssize_t n = PyList_Size(ops);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *op = PyList_GetItem(ops, i); /* borrowed */
+        PyObject *d = PyTuple_GetItem(op, 0), *key = PyTuple_GetItem(op, 1);
+        PyObject *value = PyTuple_GetItem(op, 2);
+        if (d == NULL || key == NULL || value == NULL)
+            break;
+        PyObject *old = PyDict_GetItem(d, key); /* borrowed: kept in the box, freed later */
+        if (old != NULL) {
+            Py_INCREF(old);
+            box_drop(c, old);
+        }
+        if (value == Py_None) {
+            if (old != NULL && PyDict_DelItem(d, key) != 0)
+                PyErr_Clear();
+        } else if (PyDict_SetItem(d, key, value) != 0) {
+            PyErr_Clear();
+        }
+    }
+    if (PyErr_Occurred())
+        PyErr_Clear();
+}
+
+int sb_demand(int slot, uint32_t gen, int sig, int flags, int is_main, uintptr_t box, uintptr_t ops)
 {
     if (!sb_valid_sig(sig))
         return -EINVAL;
-    if (!sb_slot_valid(slot))
-        return -EBADF;
     sb_change c;
     int rc = change_begin(&c, box);
     if (rc != 0)
         return rc;
+    if (!sb_slot_valid(slot) || sb_slot_gen(slot) != gen) {
+        change_end(&c);
+        return -ESTALE; /* the subscription was closed */
+    }
     sb_own *o = &g_own[sig];
     int old = o->demand[slot];
     o->demand[slot] = (uint8_t)flags;
@@ -649,6 +682,8 @@ int sb_demand(int slot, int sig, int flags, int is_main, uintptr_t box)
     if (rc < 0) {
         o->demand[slot] = (uint8_t)old;
         reconcile(&c, sig, is_main);
+    } else {
+        commit(&c, ops);
     }
     if (!(o->demand[slot] & SB_WANT_WATCH))
         sb_slot_watch(slot, sig, 0);
@@ -656,14 +691,16 @@ int sb_demand(int slot, int sig, int flags, int is_main, uintptr_t box)
     return rc < 0 ? rc : end;
 }
 
-int sb_unsubscribe(int slot, int is_main, uintptr_t box)
+int sb_unsubscribe(int slot, uint32_t gen, int is_main, uintptr_t box)
 {
-    if (!sb_slot_valid(slot))
-        return -EBADF;
     sb_change c;
     int rc = change_begin(&c, box);
     if (rc != 0)
         return rc;
+    if (!sb_slot_valid(slot) || sb_slot_gen(slot) != gen) {
+        change_end(&c);
+        return -ESTALE; /* closed already (a close cut short, made again) */
+    }
     if (is_main)
         pay_debts(&c);
     for (int sig = 1; sig < SB_NSIG; sig++) {

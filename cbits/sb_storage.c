@@ -74,6 +74,7 @@ typedef struct {
     _Atomic uint64_t overflowed[SB_NSIG];
     _Atomic uint64_t coalesced[SB_NSIG];
     _Atomic int64_t undrained[SB_NSIG]; /* deliveries stored, not drained yet */
+    uint32_t gen; /* which use of the slot this is: a stale subscriber is refused */
 } sb_slot;
 
 static sb_slot g_slots[SB_MAX_SLOTS];
@@ -307,6 +308,7 @@ int sb_subscribe(uint32_t capacity, int *read_fd)
     s->capacity = capacity;
     s->rfd = fds[0];
     s->wfd = fds[1];
+    s->gen++;
     atomic_store(&s->woken, 0);
     atomic_store(&s->mask, 0);
     atomic_store(&s->active, 1); /* publishes the fields above to handlers */
@@ -321,6 +323,11 @@ int sb_slot_valid(int slot)
 {
     return slot >= 0 && slot < SB_MAX_SLOTS && g_slots[slot].cells != NULL &&
            atomic_load(&g_slots[slot].active);
+}
+
+uint32_t sb_slot_gen(int slot)
+{
+    return slot >= 0 && slot < SB_MAX_SLOTS ? g_slots[slot].gen : 0;
 }
 
 int sb_slot_watch(int slot, int sig, int on)

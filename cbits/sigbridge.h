@@ -113,12 +113,14 @@ int sb_subscribe(uint32_t capacity, int *read_fd);
 int sb_drain(int slot, sb_record *out, int max);
 int sb_drain_records(int slot, sb_record *out, int max);
 int sb_counters_get(int slot, int sig, sb_counters *out);
+uint32_t sb_slot_gen(int slot);
 int64_t sb_undrained(int slot, int sig);
 
 /* owner: `box` is id() of a Python list the call appends its Python results to */
 int sb_owner_init(uintptr_t bridged, uintptr_t signal_fn, uintptr_t getsignal_fn);
-int sb_demand(int slot, int sig, int flags, int is_main, uintptr_t box);
-int sb_unsubscribe(int slot, int is_main, uintptr_t box);
+int sb_demand(int slot, uint32_t gen, int sig, int flags, int is_main, uintptr_t box,
+              uintptr_t ops);
+int sb_unsubscribe(int slot, uint32_t gen, int is_main, uintptr_t box);
 int sb_check(int is_main, uintptr_t box);
 int sb_bridged(int sig, uintptr_t box);
 int sb_redo(int sig);

@@ -9,7 +9,6 @@ import contextvars
 import gc
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -32,16 +31,6 @@ def _reported(loop_errors: list[dict[str, Any]]) -> list[str]:
     return [str(c.get("exception")) for c in loop_errors]
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 11),
-    strict=True,
-    reason=(
-        "library bug: the failure's own traceback frames (the dispatch's handler tuple) and "
-        "the Interruption's (handler, failure) pair keep the HandlerHandle alive, whose "
-        ".interrupt is the task, so Interruption.decide()'s getrefcount(task) > 3 never "
-        "turns false: reported only when the bridge closes"
-    ),
-)
 async def test_failure_on_an_unawaited_interrupted_task_is_reported(
     loop_errors: list[dict[str, Any]],
 ) -> None:
@@ -153,15 +142,6 @@ async def test_awaited_task_gets_the_failure_chained_and_not_reported() -> None:
     gc.collect()  # nothing left to report later either (a task's __del__ would)
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 11),
-    strict=True,
-    reason=(
-        "library bug (3.10): a task with a done-callback (the asyncio docs' keep-a-reference "
-        "idiom) counts as observed, so the failure is chained onto a CancelledError nobody "
-        "retrieves, and 3.10 never watches it: reported nowhere"
-    ),
-)
 async def test_failure_on_a_fire_and_forget_task_kept_in_a_set_is_reported(
     loop_errors: list[dict[str, Any]],
 ) -> None:

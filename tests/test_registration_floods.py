@@ -245,22 +245,7 @@ def _check_churn(r: dict[str, Any], mode: str) -> None:
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        pytest.param(
-            "sigint",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "library bug: a KeyboardInterrupt inside remove()/add_handler() after "
-                    "the owner's change (or after h.active = False) leaves "
-                    "Subscription._demands stale or skips _sync(): the signal stays "
-                    "bridged with no handler, or a later handler's demand is skipped and "
-                    "it never runs"
-                ),
-            ),
-        ),
-        "interrupt",
-    ],
+    ["sigint", "interrupt"],
 )
 @pytest.mark.parametrize("loop", LOOPS)
 def test_flood_during_add_and_remove_keeps_the_registry_consistent(loop: str, mode: str) -> None:
@@ -270,20 +255,7 @@ def test_flood_during_add_and_remove_keeps_the_registry_consistent(loop: str, mo
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        pytest.param(
-            "sigint",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "library bug: a KeyboardInterrupt inside aclose() after _shutdown() set "
-                    "_closed leaves the bridge half-closed: aclose() again is a no-op, its "
-                    "subscription and signals stay bridged for good"
-                ),
-            ),
-        ),
-        "interrupt",
-    ],
+    ["sigint", "interrupt"],
 )
 @pytest.mark.parametrize("loop", LOOPS)
 def test_flood_during_aclose_gives_every_signal_back(loop: str, mode: str) -> None:

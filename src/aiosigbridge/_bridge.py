@@ -80,7 +80,8 @@ class SignalBridge:
         self._handlers: dict[int, tuple[HandlerHandle, ...]] = {}
         self._receivers: dict[int, tuple[Receiver, ...]] = {}
         self._stats: dict[int, SignalStats] = {}
-        self._closed = False
+        self._closed = False  # no new registrations
+        self._released = False  # the subscription is closed: every signal given back
         # Python-level handlers run in the main thread: only the main thread's loop can
         # have its interrupts raised there.  The stock selector loop there can also be
         # dispatched from Python's handler while it waits in select() (_loops): its
@@ -189,14 +190,9 @@ class SignalBridge:
             senders=senders,
             policy=policy,
         )
-        self._handlers[signum] = (*self._handlers.get(signum, ()), h)
-        if interrupt is not False:
-            self.interrupts.add(signum)
-        try:
-            self._sync(signum)
-        except (OSError, RuntimeError):  # the owner refused: nothing is held for it
-            self._remove(h)
-            raise
+        # One change: the owner's state and this bridge's registry together (a
+        # KeyboardInterrupt before it leaves nothing, after it leaves both).
+        self._sync(signum, (*self._handlers.get(signum, ()), h))
         self._check()
         return h
 
@@ -234,7 +230,7 @@ class SignalBridge:
         """Remove every handler and receiver, cancel runs still in progress (and wait
         for them), stop reading and give every signal back as it was found, unless
         another bridge still uses it.  Calling it again does nothing."""
-        if self._closed:
+        if self._released:
             return
         tasks = self._shutdown(spare=asyncio.current_task())
         try:
@@ -245,8 +241,10 @@ class SignalBridge:
 
     def close(self) -> None:
         """Synchronous :meth:`aclose` for callbacks and loop teardown: runs in progress
-        are cancelled but not waited for.  Safe on a loop that is already closed."""
-        if self._closed:
+        are cancelled but not waited for.  Safe on a loop that is already closed.  A
+        close cut short (KeyboardInterrupt) is finished by the next close(), aclose() or
+        the loop's shutdown."""
+        if self._released:
             return
         try:
             self._shutdown()
@@ -272,17 +270,33 @@ class SignalBridge:
             msg = f"{what}(): the bridge's event loop is closed"
             raise RuntimeError(msg)
 
-    def _sync(self, sig: int) -> None:
-        """Tell the owner what this bridge wants of ``sig`` now (idempotent)."""
-        regs = [h for h in self._handlers.get(sig, ()) if h.active]
+    def _sync(
+        self,
+        sig: int,
+        regs: tuple[HandlerHandle, ...] | None = None,
+        rxs: tuple[Receiver, ...] | None = None,
+    ) -> None:
+        """Make ``sig``'s registrations ``regs`` / ``rxs`` (default: as they are) and
+        tell the owner what this bridge wants of it, in one change.  Idempotent."""
+        if regs is None:
+            regs = self._handlers.get(sig, ())
+        if rxs is None:
+            rxs = self._receivers.get(sig, ())
+        active = [h for h in regs if h.active]
+        interrupting = sum(1 for h in active if h.interrupt is not False)
         flags = 0
-        if regs or self._receivers.get(sig):
+        if active or rxs:
             flags = _owner.WATCH | (_owner.FAST if self._fast else 0)
-            if any(h.consume for h in regs):
+            if any(h.consume for h in active):
                 flags |= _owner.CONSUME
-            if self._main and any(h.interrupt is not False for h in regs):
+            if self._main and interrupting:
                 flags |= _owner.PYLEVEL
-        self._sub.demand(sig, flags)
+        ops: _owner.Ops = [
+            (self._handlers, sig, regs or None),
+            (self._receivers, sig, rxs or None),
+            (self.interrupts.count, sig, interrupting or None),
+        ]
+        self._sub.demand(sig, flags, ops)
 
     def _check(self) -> frozenset[int]:
         """Ask the owner about replaced signals (warned once each) and put-back ones
@@ -306,27 +320,17 @@ class SignalBridge:
             self._recheck = self._loop.call_later(RECHECK_S, self._recheck_now)
 
     def _remove(self, h: HandlerHandle) -> None:
+        """One change (the owner's and the registry's); idempotent."""
+        sig = int(h.signum)
+        self._sync(sig, tuple(r for r in self._handlers.get(sig, ()) if r is not h))
         h.active = False
         h.pending.clear()
-        sig = int(h.signum)
-        regs = tuple(r for r in self._handlers.get(sig, ()) if r is not h)
-        if regs:
-            self._handlers[sig] = regs
-        else:
-            self._handlers.pop(sig, None)
-        if h.interrupt is not False:
-            self.interrupts.remove(sig)
-        if not self._sub.closed:
-            self._sync(sig)
 
     def _add_receiver(self, rx: Receiver) -> None:
         self._check_open("open_receiver")
-        sigs = [int(s) for s in rx.signums]
-        for s in sigs:
-            self._receivers[s] = (*self._receivers.get(s, ()), rx)
         try:
-            for s in sigs:
-                self._sync(s)
+            for s in (int(s) for s in rx.signums):
+                self._sync(s, rxs=(*self._receivers.get(s, ()), rx))
         except BaseException:
             self._remove_receiver(rx)
             raise
@@ -334,20 +338,14 @@ class SignalBridge:
 
     def _remove_receiver(self, rx: Receiver) -> None:
         for s in (int(s) for s in rx.signums):
-            rxs = tuple(r for r in self._receivers.get(s, ()) if r is not rx)
-            if rxs:
-                self._receivers[s] = rxs
-            else:
-                self._receivers.pop(s, None)
-            if not self._sub.closed:
-                self._sync(s)
+            self._sync(s, rxs=tuple(r for r in self._receivers.get(s, ()) if r is not rx))
 
     # -- closing --------------------------------------------------------------------------
 
     def _shutdown(self, spare: asyncio.Task[Any] | None = None) -> list[asyncio.Task[Any]]:
         """Unregister everything and cancel the handler runs in progress (but ``spare``,
         the task calling aclose() from a handler).  On a closed loop nothing is
-        scheduled: its tasks are as dead as it is."""
+        scheduled: its tasks are as dead as it is.  Idempotent."""
         self._closed = True
         loop_closed = self._loop.is_closed()
         tasks: list[asyncio.Task[Any]] = []
@@ -369,17 +367,21 @@ class SignalBridge:
 
     def _close_storage(self) -> None:
         try:
-            self.interrupts.decide(closing=True)
+            if not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sub.read_fd)
+            self._sub.close()  # first: the owner gives back what nobody else holds
+        finally:
+            self._released = self._sub.closed
+        try:
+            with contextlib.suppress(Exception):  # reports go to the exception handler
+                self.interrupts.decide(closing=True)
         finally:
             self._handlers.clear()
             self._receivers.clear()
             if self._recheck is not None:
                 self._recheck.cancel()
                 self._recheck = None
-            if not self._loop.is_closed():
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._sub.read_fd)
-            self._sub.close()  # the owner gives back what nobody else holds
             if self._closer is not None:
                 # Finish the loop-shutdown hook now, so that nothing is left for the loop
                 # (or the garbage collector) to finalize later.

@@ -12,8 +12,11 @@ Everything else goes to the loop's exception handler with the event attached
 (``context["signal_event"]``): failures of deliveries that interrupted nothing; of a
 task that survived the interrupt (it caught it and ended later, normally or for another
 reason); and of a task cancelled by the interrupt whose cancellation nobody retrieved
-(asyncio never reports one): checked while the loop runs, and when the bridge closes,
-the chain is then taken off the exception again.  A failure takes exactly one route.
+(asyncio never reports one) within RETRIEVE_S of its end, or by the time the bridge
+closes: the chain is then taken off the exception again.  (On 3.10, which hands an
+awaiter a fresh CancelledError and so hides whether anyone retrieved the original, a
+cancellation keeps the chain where the task had an awaiter, gather, shield or
+run_until_complete waiting on it at the interrupt.)  A failure takes exactly one route.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["FailureChain", "Interruption", "add_note", "describe"]
 
 _PREFIX = "aiosigbridge: interrupted by"
+#: Seconds a cancellation made by an interrupt may wait to be retrieved (awaited) before
+#: its handlers' failures go to the loop's exception handler instead.
+RETRIEVE_S = 1.0
 
 
 def describe(h: HandlerHandle, ev: SignalEvent) -> str:
@@ -118,10 +124,30 @@ _targets: weakref.WeakKeyDictionary[asyncio.Task[Any], list[Interruption]] = (
 )
 
 
+_RETRIEVERS = frozenset(
+    (
+        "gather.<locals>._done_callback",
+        "shield.<locals>._inner_done_callback",
+        "_run_until_complete_cb",
+        "run_until_complete.<locals>.done_cb",  # uvloop's
+    )
+)
+
+
+def _retrieves(cb: Any) -> bool:
+    """Does this done-callback hand the task's exception on (an awaiting task's wakeup,
+    gather, shield, run_until_complete, wait_for's waiter)?  set.discard does not."""
+    if isinstance(getattr(cb, "__self__", None), asyncio.Future):
+        return True
+    func = getattr(cb, "func", None)  # functools.partial(_release_waiter, ...)
+    if func is not None and getattr(func, "__name__", "") == "_release_waiter":
+        return True
+    return getattr(cb, "__qualname__", "") in _RETRIEVERS
+
+
 def _observers(task: asyncio.Task[Any]) -> int:
-    """Done-callbacks of ``task`` other than ours: someone awaits it, gathers it..."""
-    n = len(getattr(task, "_callbacks", None) or ())
-    return n - (1 if task in _targets else 0)
+    """Done-callbacks of ``task`` that hand its exception on to someone."""
+    return sum(1 for cb, _ctx in (getattr(task, "_callbacks", None) or ()) if _retrieves(cb))
 
 
 def _watch_target(task: asyncio.Task[Any], rec: Interruption) -> None:
@@ -190,6 +216,7 @@ class Interruption:
         self._cause: BaseException | None = None
         self._watch = watch  # the bridge's: cancellations nobody retrieved yet
         self._timer: asyncio.TimerHandle | None = None
+        self._ended_at = 0.0
         self._settled = loop.create_future()
         self._bound = loop.create_future()  # the event was dispatched
         # 3.10 hands whoever retrieves a cancellation a fresh CancelledError and keeps
@@ -239,6 +266,7 @@ class Interruption:
 
     def target_ended(self, task: asyncio.Task[Any]) -> None:
         self.target_done = True
+        self._ended_at = self.loop.time()
         final = final_exception(task)
         if task.cancelled() and final is None:
             final = self.raised
@@ -259,15 +287,13 @@ class Interruption:
 
     def decide(self, *, closing: bool) -> bool:
         """For a target cancelled by the interrupt: has its cancellation been retrieved
-        (then the chain shows), or can it no longer be (nobody else holds the task, or
-        the bridge closes)?  Then the failures go to the exception handler instead.
-        True once decided."""
-        task = self.target
-        if cancelled_exception(task) is not self.final:
+        (then the chain shows)?  Not within RETRIEVE_S of its end (or the bridge
+        closes): the failures go to the exception handler instead, and the chain is
+        taken off (whoever retrieves it later sees a plain cancellation).  True once
+        decided."""
+        if cancelled_exception(self.target) is not self.final:
             return True  # handed out: whoever took it sees the chain
-        # Held only by us (this object, the argument, the call) and unreachable: nobody
-        # can retrieve it any more (what asyncio's __del__ report would have said).
-        if not closing and sys.getrefcount(task) > 3:
+        if not closing and self.loop.time() - self._ended_at < RETRIEVE_S:
             return False
         self._detach()
         self._report_all()

@@ -125,10 +125,10 @@ class HandlerHandle:
 
         A run of the handler that already started is left to finish; events queued
         for a ``policy="serial"`` handler are dropped.  When it was the last user of
-        the signal in the process, the signal's previous action is restored.
+        the signal in the process, the signal's previous action is restored.  A removal
+        cut short (a KeyboardInterrupt in the middle) is finished by calling it again.
         """
-        if self.active:
-            self._bridge._remove(self)
+        self._bridge._remove(self)
 
     def __enter__(self) -> HandlerHandle:
         return self

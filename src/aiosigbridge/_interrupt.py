@@ -65,7 +65,8 @@ class Interrupts:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.count: dict[int, int] = {}  # signal -> interrupt registrations
+        #: signal -> interrupt registrations (the bridge keeps it with its registry)
+        self.count: dict[int, int] = {}
         self._pending: dict[int, tuple[list[_chain.Interruption], set[int]]] = {}
         #: Recent interruptions (run() looks up those of its main task).
         self.recent: deque[_chain.Interruption] = deque(maxlen=64)
@@ -78,16 +79,6 @@ class Interrupts:
         # Interrupts of the running task not dispatched yet: (rec, the main thread's CPU
         # time then, the process's deliveries then, the timer's next wait).
         self._hot: list[tuple[_chain.Interruption, int, int, int]] = []
-
-    def add(self, sig: int) -> None:
-        self.count[sig] = self.count.get(sig, 0) + 1
-
-    def remove(self, sig: int) -> None:
-        n = self.count.get(sig, 0) - 1
-        if n > 0:
-            self.count[sig] = n
-        else:
-            self.count.pop(sig, None)
 
     def _target_of(
         self, h: HandlerHandle, current: asyncio.Task[Any] | None

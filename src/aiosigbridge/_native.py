@@ -57,9 +57,9 @@ class Subscription:
         "__weakref__",
         "_buf",
         "_buf_len",
-        "_demands",
         "capacity",
         "closed",
+        "gen",
         "read_fd",
         "slot",
     )
@@ -84,25 +84,29 @@ class Subscription:
             )
             raise RuntimeError(msg)
         self.slot = check(rc, "aiosigbridge subscribe")
+        self.gen = int(lib.sb_slot_gen(self.slot))  # the slot's use: a stale one is refused
         self.read_fd = int(fd[0])
         self.capacity = capacity
         self.closed = False
-        self._demands: dict[int, int] = {}
         # Room for every standard signal's events (they always come in one drain) and
         # up to 256 realtime records; more grow the buffer (see drain()).
         self._buf_len = min(capacity, 256) + STD_RESERVE + 1
         self._buf = ffi.new("sb_record[]", self._buf_len)
         registry.subscriptions.add(self)
 
-    def demand(self, sig: int, flags: int) -> None:
-        """Tell the owner what this subscriber wants of ``sig`` (0: nothing)."""
-        if self.closed or self._demands.get(sig, 0) == flags:
+    def demand(self, sig: int, flags: int, ops: _owner.Ops | None = None) -> None:
+        """Tell the owner what this subscriber wants of ``sig`` (0: nothing), and make
+        the caller's ``ops`` (dict updates, see _owner.demand) in the same change.
+        Idempotent: always asked, so that a call cut short is made right by the next.
+        Closed: the ops alone."""
+        if not self.closed:
+            _owner.demand(self.slot, self.gen, sig, flags, ops)
             return
-        _owner.demand(self.slot, sig, flags)
-        if flags:
-            self._demands[sig] = flags
-        else:
-            self._demands.pop(sig, None)
+        for d, key, value in ops or ():
+            if value is None:
+                d.pop(key, None)
+            else:
+                d[key] = value
 
     def drain(self, read_pipe: bool = True) -> Any:
         """Empty the pipe and return every pending record, packed as ``RECORD`` and in
@@ -137,18 +141,17 @@ class Subscription:
 
     def close(self) -> None:
         """Drop every demand (signals nobody else holds are given back) and free the
-        slot.  Idempotent."""
+        slot.  Idempotent, and safe to call again after a close cut short: the owner
+        refuses a slot whose use (``gen``) has ended."""
         if self.closed:
             return
+        _owner.unsubscribe(self.slot, self.gen)
         self.closed = True
         registry.subscriptions.discard(self)
-        self._demands.clear()
-        _owner.unsubscribe(self.slot)
 
     def forked(self) -> None:
         """In a forked child: the C layer dropped the slot already."""
         self.closed = True
-        self._demands.clear()
 
 
 def _forget_subscriptions() -> None:

@@ -127,10 +127,7 @@ def _settle(box: list[Any], *, from_handler: bool = False) -> tuple[Any, BaseExc
     original: Any = None
     raised: BaseException | None = None
     warn: list[int] = []
-    for item in box:
-        if type(item) is not tuple:
-            continue  # a reference released outside the change ("drop")
-        kind, sig, obj = item
+    for kind, sig, obj in box:  # "drop": a reference released outside the change
         if kind == "expect":
             if obj is None:
                 _expected.pop(sig, None)
@@ -155,10 +152,13 @@ def _settle(box: list[Any], *, from_handler: bool = False) -> tuple[Any, BaseExc
     return original, raised
 
 
-def _call(fn: Callable[..., int], what: str, *args: int) -> int:
+def _call(fn: Callable[..., int], what: str, *args: int, after: tuple[int, ...] = ()) -> int:
+    """``fn(*args, id(box), *after)``, then what it put in the box (see _settle)."""
     box: list[Any] = []
-    rc = fn(*args, id(box))
+    rc = fn(*args, id(box), *after)
     _, raised = _settle(box)
+    if rc == -errno.ESTALE:
+        return 0  # a slot whose use ended (a close cut short, then made again): done
     if rc < 0:
         if -rc == errno.EDEADLK:
             msg = (
@@ -172,16 +172,23 @@ def _call(fn: Callable[..., int], what: str, *args: int) -> int:
     return rc & ~_RAISED
 
 
-def demand(slot: int, sig: int, flags: int) -> None:
+Ops = list[tuple[dict[Any, Any], Any, Any]]
+
+
+def demand(slot: int, gen: int, sig: int, flags: int, ops: Ops | None = None) -> None:
     """What subscriber ``slot`` wants of ``sig`` (WATCH | CONSUME | PYLEVEL | FAST;
     0: nothing).  Idempotent: the owner installs on the first holder, gives the
-    signal back after the last, and keeps the table and forwarding right between."""
-    _call(lib.sb_demand, f"watching {signal_name(sig)}", slot, sig, flags, is_main_thread())
+    signal back after the last, and keeps the table and forwarding right between.
+    ``ops``: the caller's (dict, key, value) updates (value None: delete), made in the
+    same change, so that its own registry and the owner's never disagree."""
+    ops_id = 0 if ops is None else id(ops)
+    what = f"watching {signal_name(sig)}"
+    _call(lib.sb_demand, what, slot, gen, sig, flags, is_main_thread(), after=(ops_id,))
 
 
-def unsubscribe(slot: int) -> None:
-    """Drop every demand of ``slot`` and free it."""
-    _call(lib.sb_unsubscribe, "closing a subscription", slot, is_main_thread())
+def unsubscribe(slot: int, gen: int) -> None:
+    """Drop every demand of ``slot`` (in its use ``gen``) and free it."""
+    _call(lib.sb_unsubscribe, "closing a subscription", slot, gen, is_main_thread())
 
 
 def check_now() -> frozenset[int]:
