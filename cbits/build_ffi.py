@@ -30,7 +30,14 @@ ffibuilder.set_source(
     "aiosigbridge._sigbridge",
     '#include "sigbridge.h"',
     # Relative to the project root, where setuptools runs the build.
-    sources=["cbits/sigbridge.c", "cbits/sb_storage.c", "cbits/sb_owner.c"],
+    sources=[
+        "cbits/sigbridge.c",
+        "cbits/sb_storage.c",
+        "cbits/sb_owner.c",
+        "cbits/sb_pyapi.c",
+        "cbits/sb_entry.c",
+        "cbits/sb_timer.c",
+    ],
     include_dirs=["cbits"],
     # PyErr_SetInterruptEx is in the stable ABI since 3.10: cffi's default empty
     # Py_LIMITED_API would hide it.
