@@ -94,7 +94,8 @@ static int settle_flags(int sig, int u)
     sb_own *o = &sbo_own[sig];
     int fwd;
     if (o->table_bridged)
-        fwd = (u & (SB_WANT_PYLEVEL | SB_WANT_FAST)) || (o->orig_callable && !(u & SB_WANT_CONSUME));
+        fwd = (u & (SB_WANT_PYLEVEL | SB_WANT_FAST)) ||
+              (o->orig_callable && !(u & SB_WANT_CONSUME));
     else
         fwd = o->orig_callable && !(u & SB_WANT_CONSUME);
     atomic_store(&g_sig[sig].forward, fwd);
@@ -345,7 +346,8 @@ void sbo_expect(sb_change *c, int sig)
 {
     sb_own *o = &sbo_own[sig];
     sbo_need_gil(c);
-    sbo_box_add(c, "expect", sig, o->held ? (o->table_bridged ? sbo_bridged : o->py_original) : NULL);
+    PyObject *want = o->table_bridged ? sbo_bridged : o->py_original;
+    sbo_box_add(c, "expect", sig, o->held ? want : NULL);
 }
 
 /* Main thread: table restores owed, and BRIDGED put back (signal.signal() with what
@@ -363,7 +365,9 @@ void sbo_pay_debts(sb_change *c)
         } else if (o->last_original != NULL) {
             PyObject *now = sbo_table_get(c, sig);
             if (now == sbo_bridged)
-                sbo_table_set(c, sig, sbo_py_kind(o->last_original) != 3 ? o->last_original : sbo_sig_dfl);
+                sbo_table_set(c, sig,
+                              sbo_py_kind(o->last_original) != 3 ? o->last_original
+                                                                 : sbo_sig_dfl);
             sbo_box_drop(c, now);
         }
     }

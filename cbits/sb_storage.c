@@ -83,7 +83,8 @@ static pthread_mutex_t g_slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int is_user_code(int code)
 {
-    return code == SI_USER || code == SI_QUEUE || (SB_SI_TKILL != SB_SI_NONE && code == SB_SI_TKILL);
+    return code == SI_USER || code == SI_QUEUE ||
+           (SB_SI_TKILL != SB_SI_NONE && code == SB_SI_TKILL);
 }
 
 /* async-signal-safe: reads siginfo fields only.  `value` is si_value.sival_int, the
