@@ -6,6 +6,7 @@ What kills or forks runs in a child Python whose result lines the test asserts o
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import signal
@@ -71,7 +72,7 @@ def _lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return proc.stdout.splitlines()
 
 
-# -- 1. signals from another process, loops off the main thread ---------------------------
+# -- kind 1: signals from another process, loops off the main thread ----------------------
 
 SENDER = """
 import os, signal, sys, aiosigbridge as asb
@@ -89,11 +90,10 @@ def test_signal_storm_from_another_process_with_loops_off_the_main_thread(loop: 
         f"""
         N, RT, SENDER = 300, signal.SIGRTMIN + 1, {SENDER!r}
         got, winch, interrupted = {{"loop": [], "run": []}}, {{"loop": 0, "run": 0}}, []
-        ready, stops = threading.Barrier(3, timeout=20), []
+        ready = threading.Barrier(3, timeout=20)
 
-        async def serve(name, interrupt):
-            loop, done, stop = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
-            stops.append((loop, stop))
+        async def serve(name, interrupt):  # until every queued delivery came
+            done = asyncio.Event()
             def on(ev):
                 if ev.signum != RT:
                     winch[name] += ev.coalesced
@@ -103,9 +103,8 @@ def test_signal_storm_from_another_process_with_loops_off_the_main_thread(loop: 
                     done.set()
             for sig in (signal.SIGWINCH, RT):
                 asb.add_handler(sig, on, interrupt=interrupt)
-            await loop.run_in_executor(None, ready.wait)
+            await asyncio.get_running_loop().run_in_executor(None, ready.wait)
             await asyncio.wait_for(done.wait(), 30)
-            await asyncio.wait_for(stop.wait(), 30)
 
         async def survivor():  # what interrupt=True cancels: it takes every interrupt
             while True:
@@ -129,8 +128,6 @@ def test_signal_storm_from_another_process_with_loops_off_the_main_thread(loop: 
         ready.wait()
         sender = subprocess.Popen([sys.executable, "-c", SENDER, str(os.getpid()), str(N)])
         print("sender exit", sender.wait(30), flush=True)
-        for loop, stop in stops:
-            loop.call_soon_threadsafe(stop.set)
         for t in threads:
             t.join(40)
         for name, events in got.items():
@@ -143,7 +140,7 @@ def test_signal_storm_from_another_process_with_loops_off_the_main_thread(loop: 
     assert _lines(proc) == out, proc.stderr
 
 
-# -- 2. fork --------------------------------------------------------------------------------
+# -- kind 2: fork ----------------------------------------------------------------------------
 
 FORKS = {
     "os.fork": "term_child(os.fork)",
@@ -258,19 +255,14 @@ def test_forked_child_has_the_original_back_and_can_bridge_again(loop: str, orig
     assert _lines(proc) == [f"children [(b'y', {code})]", PARENT_SAW, "parent True True"]
 
 
-# -- 4. bridges in several threads --------------------------------------------------------
-
-
-def _noop(ev: asb.SignalEvent) -> None:
-    pass
+# -- kind 4: bridges in several threads ---------------------------------------------------
 
 
 class Threads:
-    """The main thread's loop (0) and loops running in threads of their own (1, 2, ...:
-    asyncio or uvloop, with the suite's exception handler)."""
+    """Loop 0 is the main thread's; loops 1, 2, ... run in threads of their own."""
 
     def __init__(self, *kinds: str) -> None:
-        self.loops = [LOOP_FACTORIES[k]() for k in kinds]
+        self.loops = [LOOP_FACTORIES[k]() for k in kinds]  # the suite's exception handler
         self.threads = [threading.Thread(target=lp.run_forever) for lp in self.loops]
         for t in self.threads:
             t.start()
@@ -301,7 +293,7 @@ class Threads:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_bridges_in_threads_give_the_signal_back_in_any_order(sig: int) -> None:
-    """Loops in three threads take a signal and let go in every order: all is as found."""
+    """Loops in three threads take a signal, let go in every order: action and table as found."""
     # Not interrupt=True on SIGTERM: a table restore owed to the main thread can turn into
     # a delivery nobody sent, which would interrupt this test (the xfail test below).
     interrupt = sig == signal.SIGINT
@@ -310,8 +302,8 @@ async def test_bridges_in_threads_give_the_signal_back_in_any_order(sig: int) ->
     try:
         for adds, removes in itertools.product(itertools.permutations(range(3)), repeat=2):
             handles = {}
+            add = functools.partial(asb.add_handler, sig, lambda ev: None, interrupt=interrupt)
             for i in adds:
-                add = lambda: asb.add_handler(sig, _noop, interrupt=interrupt)  # noqa: E731
                 handles[i] = await loops.call(i, add)
             assert _native.disposition(sig)[0] == _native.DISP_OURS
             assert signal.getsignal(sig) is asb.BRIDGED or not interrupt
@@ -339,13 +331,15 @@ async def test_every_thread_bridge_receives_every_realtime_delivery() -> None:
             handles[i] = await loops.call(i, lambda: asb.add_handler(rt, got[i]))
 
     async def send() -> None:
+        # Each delivery is handled by a thread whose bridge's count is awaited (a handler
+        # still storing on some other thread could reach a bridge that subscribes next).
         values = [next(sent) for _ in range(30)]
         for v in values:
-            asb.sigqueue(os.getpid(), rt, v)
-        for ident in idents:
-            signal.pthread_kill(ident or 0, rt)  # no value: counted as -1 below
+            asb.sigqueue(os.getpid(), rt, v)  # sent by the main thread: handled there
         for i in handles:
-            expected[i] += [*values, *[-1] * len(idents)]
+            signal.pthread_kill(idents[i] or 0, rt)  # no value: counted as -1 below
+        for i in handles:
+            expected[i] += [*values, *[-1] * len(handles)]
             await loops.call(i, lambda i=i: got[i].wait(len(expected[i])))
 
     try:
