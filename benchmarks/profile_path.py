@@ -35,7 +35,7 @@ STAGES = ("C handler", "reader entry", "drain returned", "event built", "handler
 
 def receiver(kind: str, handler: str, total: int, ack: int) -> None:
     import aiosigbridge as asb
-    from aiosigbridge import _bridge, _native
+    from aiosigbridge import _bridge, _dispatch, _native
 
     mono = time.monotonic_ns
     marks = {s: [0] * total for s in STAGES}
@@ -64,14 +64,14 @@ def receiver(kind: str, handler: str, total: int, ack: int) -> None:
             return int(r)
 
     _native.lib = Lib()  # type: ignore[assignment]
-    orig_events = _bridge.events_from
+    orig_events = _dispatch.events_from
 
     def events_from(records: Any) -> Any:
         evs = orig_events(records)
         cur["event"] = mono()
         return evs
 
-    _bridge.events_from = events_from  # type: ignore[assignment]
+    _dispatch.events_from = events_from  # type: ignore[assignment]
 
     loop = C.new_loop(kind)
     asyncio.set_event_loop(loop)

@@ -1,37 +1,25 @@
-"""The per-loop bridge: the pipe reader, the handler registry and dispatch.
+"""The per-loop bridge: its registry, its life, and what it asks of the owner.
 
 One SignalBridge per event loop.  Its reader is the read end of the loop's own pipe
-(``loop.add_reader``); each wake-up drains the pipe and every pending record in one C
-call, turns the records into SignalEvents and dispatches each: handlers in registration
-order (a sync handler runs inline; an async handler's first step runs inline too, as an
-eagerly started task), then receivers (their bounded queues; the reader never blocks).
-
-What the bridge wants of each signal (watch it; consume it; Python-level code for the
-main loop's interrupts; dispatch from Python's handler) it tells the owner
-(``_owner.demand``), which owns the process-wide state.
-
-A BaseException (KeyboardInterrupt, SystemExit) leaving a handler propagates, as asyncio
-lets it, but what was drained is not lost: the rest of the batch, and the rest of the
-handlers of the event being dispatched, wait in a backlog that the loop's next
-iteration dispatches.
+(``loop.add_reader``); reading and dispatch are in _dispatch.  What the bridge wants of
+each signal (watch it; consume it; Python-level code for the main loop's interrupts;
+dispatch from Python's handler) it tells the owner (``_owner.demand``), which owns the
+process-wide state, and the owner writes the bridge's registry in the same change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import signal
-import types
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from . import _chain, _owner
 from ._clib import SIGNALS, is_main_thread, signal_name, validate_signal
-from ._eager import start_task
-from ._event import SignalEvent, events_from
+from ._dispatch import Dispatcher, Partial, Receiver
+from ._event import SignalEvent
 from ._handlers import (
     Handler,
     HandlerHandle,
@@ -44,23 +32,11 @@ from ._interrupt import Interrupts
 from ._native import DEFAULT_CAPACITY, Subscription
 from ._senders import Senders
 
-
-class Receiver(Protocol):
-    """What the bridge needs of a receiver (see _receiver.SignalReceiver)."""
-
-    signums: tuple[signal.Signals | int, ...]
-
-    def _put(self, ev: SignalEvent) -> bool: ...
-
-    def _bridge_closed(self, *, loop_closed: bool) -> None: ...
-
-
-_Partial = tuple[SignalEvent, tuple[HandlerHandle, ...], int, Any, bool]
 #: Seconds between a bridge's looks at its signals' actions (see SignalBridge._check).
 RECHECK_S = 1.0
 
 
-class SignalBridge:
+class SignalBridge(Dispatcher):
     """Delivers signals into one event loop.  Get it with :func:`get_bridge`.
 
     ::
@@ -93,8 +69,8 @@ class SignalBridge:
         self._closer: AsyncGenerator[None, None] | None = None
         self.chain = _chain.FailureChain(loop)
         self.interrupts = Interrupts(loop)
-        self._backlog: deque[SignalEvent | _Partial] = deque()
-        self._partial: _Partial | None = None
+        self._backlog: deque[SignalEvent | Partial] = deque()
+        self._partial: Partial | None = None
         self._resume_scheduled = False
         self._recheck: asyncio.TimerHandle | None = None
         #: Called once when the bridge closes (get_bridge() forgets it).
@@ -396,175 +372,3 @@ class SignalBridge:
                 h.active = False
         self._handlers.clear()
         self._receivers.clear()
-
-    # -- reading and dispatch ---------------------------------------------------------------
-
-    def _on_readable(self) -> None:
-        if self._sub.closed:
-            return
-        evs = events_from(self._sub.drain())
-        if self._backlog:
-            self._backlog.extend(evs)
-            self._pump()
-        else:
-            self._deliver(evs)
-        if _owner.needs_check():
-            self._check()
-
-    def _fast_dispatch(self) -> None:
-        """Dispatch from Python's handler while the loop waits in select(): the records
-        only; the wake-up byte stays, so select() returns at once and the loop runs
-        what the handlers scheduled."""
-        if self._sub.closed:
-            return
-        try:
-            evs = events_from(self._sub.drain(read_pipe=False))
-        except Exception as exc:  # never into select(): report like a loop callback
-            self._loop.call_exception_handler(
-                {"message": "aiosigbridge: dispatch failed", "exception": exc}
-            )
-            return
-        if self._backlog:
-            self._backlog.extend(evs)
-            self._pump()
-        else:
-            self._deliver(evs)
-
-    def _deliver(self, evs: list[SignalEvent]) -> None:
-        i = 0
-        try:
-            for i, ev in enumerate(evs):  # noqa: B007 - i is read by the except clause
-                self._dispatch(ev)
-        except BaseException:
-            # KeyboardInterrupt/SystemExit from a handler: it propagates, the rest waits.
-            rest: deque[SignalEvent | _Partial] = deque()
-            if self._partial is not None:
-                rest.append(self._partial)
-                i += 1
-            self._partial = None
-            rest.extend(evs[i:])
-            rest.extend(self._backlog)
-            self._backlog = rest
-            self._resume_later()
-            raise
-
-    def _pump(self) -> None:
-        """Dispatch the backlog, oldest first."""
-        self._resume_scheduled = False
-        backlog = self._backlog
-        while backlog:
-            item = backlog.popleft()
-            try:
-                if type(item) is tuple:
-                    self._dispatch(*item)
-                else:
-                    self._dispatch(item)  # type: ignore[arg-type]
-            except BaseException:
-                backlog.appendleft(self._partial if self._partial is not None else item)
-                self._partial = None
-                self._resume_later()
-                raise
-
-    def _resume_later(self) -> None:
-        if self._backlog and not self._resume_scheduled and not self._loop.is_closed():
-            self._resume_scheduled = True
-            self._loop.call_soon(self._pump)
-
-    def _dispatch(
-        self,
-        ev: SignalEvent,
-        regs: tuple[HandlerHandle, ...] | None = None,
-        step: int = 0,
-        recs: list[_chain.Interruption] | None = None,
-        delivered: bool = False,
-    ) -> None:
-        sig = int(ev.signum)
-        st = self._stats.get(sig)
-        if st is None:
-            st = self._stats[sig] = SignalStats()
-        if regs is None:
-            regs = self._handlers.get(sig, ())
-            if sig in self.interrupts.count:
-                recs = self.interrupts.at_dispatch(sig, ev, regs)
-        k = step
-        try:
-            for h in regs[step:]:
-                k += 1
-                if not h.active:
-                    continue
-                if h.senders is not None and not h.senders.accepts(ev):
-                    st.filtered += 1
-                    continue
-                if not delivered:
-                    delivered = True
-                    st.delivered += 1
-                self._run(h, ev, recs)
-        except BaseException:
-            self._partial = (ev, regs, k, recs, delivered)
-            raise
-        for rx in self._receivers.get(sig, ()):
-            if not delivered:
-                delivered = True
-                st.delivered += 1
-            if not rx._put(ev):
-                st.dropped += 1
-        if not delivered:
-            st.unclaimed += 1
-
-    # -- running handlers -------------------------------------------------------------
-
-    def _run(
-        self, h: HandlerHandle, ev: SignalEvent, recs: list[_chain.Interruption] | None
-    ) -> None:
-        if h.running:
-            if h.policy == "serial":
-                h.pending.append((ev, recs))
-                return
-            if h.policy == "latest":
-                for t in h.running:
-                    t.cancel(f"aiosigbridge: superseded by a newer {ev.name}")
-        try:
-            result = h.handler(ev)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # CancelledError too: a failure, never lost
-            self.chain.failed(h, ev, exc, recs)
-            return
-        if result is None:
-            return
-        if type(result) is not types.CoroutineType:
-            if not inspect.isawaitable(result):
-                return
-            result = _await(result)
-        task = start_task(self._loop, result, h.task_name)
-        if recs:
-            for rec in recs:
-                rec.track(task, h)
-        if task.done():
-            self._task_done(h, ev, recs, task)
-            return
-        h.running.add(task)
-        task.add_done_callback(functools.partial(self._task_done, h, ev, recs))
-
-    def _task_done(
-        self,
-        h: HandlerHandle,
-        ev: SignalEvent,
-        recs: list[_chain.Interruption] | None,
-        task: asyncio.Task[Any],
-    ) -> None:
-        h.running.discard(task)
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None:
-                self.chain.failed(h, ev, exc, recs)
-        if recs:
-            for rec in recs:
-                rec.done(task)
-        if h.pending and h.active and not h.running and not self._closed:
-            next_ev, next_recs = h.pending.popleft()
-            self._run(h, next_ev, next_recs)
-
-
-async def _await(aw: Awaitable[Any]) -> Any:
-    return await aw
