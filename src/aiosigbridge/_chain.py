@@ -26,7 +26,7 @@ import gc
 import sys
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._clib import signal_name
 from ._event import SignalEvent
@@ -34,8 +34,13 @@ from ._event import SignalEvent
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10
     from exceptiongroup import BaseExceptionGroup
 
-if TYPE_CHECKING:
-    from ._handlers import HandlerHandle
+
+
+class HandlerLike(Protocol):
+    """What a failure report needs of a registration (a HandlerHandle)."""
+
+    name: str
+    handler: Callable[..., Any]
 
 __all__ = ["FailureChain", "Interruption", "add_note", "describe"]
 
@@ -45,7 +50,7 @@ _PREFIX = "aiosigbridge: interrupted by"
 RETRIEVE_S = 1.0
 
 
-def describe(h: HandlerHandle, ev: SignalEvent) -> str:
+def describe(h: HandlerLike, ev: SignalEvent) -> str:
     """The note added to a handler's failure."""
     return (
         f"aiosigbridge: raised by handler {h.name} for {ev.name} "
@@ -67,7 +72,7 @@ def add_note(exc: BaseException, note: str) -> None:
 
 
 def _report(
-    loop: asyncio.AbstractEventLoop, h: HandlerHandle, ev: SignalEvent | None, exc: BaseException
+    loop: asyncio.AbstractEventLoop, h: HandlerLike, ev: SignalEvent | None, exc: BaseException
 ) -> None:
     name = ev.name if ev is not None else "a signal"
     loop.call_exception_handler(
@@ -209,8 +214,8 @@ class Interruption:
         self.event: SignalEvent | None = None
         self.handler_timeout = handler_timeout
         self.raised = raised  # the CancelledError the hook raised inside the target
-        self._failed: list[tuple[HandlerHandle, BaseException]] = []  # to chain
-        self.running: dict[asyncio.Task[Any], HandlerHandle] = {}
+        self._failed: list[tuple[HandlerLike, BaseException]] = []  # to chain
+        self.running: dict[asyncio.Task[Any], HandlerLike] = {}
         self.final: BaseException | None = None  # what the target ended with, if chained
         self.target_done = False
         self._cause: BaseException | None = None
@@ -239,7 +244,7 @@ class Interruption:
         who = f" (sent by pid {ev.pid}, uid {ev.uid})" if ev is not None else ""
         return f"{_PREFIX} {signal_name(self.signum)}{who}"
 
-    def track(self, task: asyncio.Task[Any], h: HandlerHandle) -> None:
+    def track(self, task: asyncio.Task[Any], h: HandlerLike) -> None:
         """A handler run started for this delivery."""
         self.running[task] = h
         if self.target_done and self._timer is None and not task.done():
@@ -250,7 +255,7 @@ class Interruption:
         self.running.pop(task, None)
         self._maybe_settled()
 
-    def failed(self, h: HandlerHandle, exc: BaseException) -> None:
+    def failed(self, h: HandlerLike, exc: BaseException) -> None:
         if self.target_done and self.final is None:
             _report(self.loop, h, self.event, exc)
             return
@@ -315,7 +320,7 @@ class Interruption:
             self.failed(h, exc)
             task.cancel(f"aiosigbridge: handler timeout ({self.handler_timeout:g} s)")
 
-    def _note(self, h: HandlerHandle) -> str:
+    def _note(self, h: HandlerLike) -> str:
         ev = self.event
         who = f"sent by pid {ev.pid}, uid {ev.uid}" if ev is not None else "sender unknown"
         return f"aiosigbridge: handler {h.name} for {signal_name(self.signum)} ({who})"
@@ -399,7 +404,7 @@ class FailureChain:
 
     def failed(
         self,
-        h: HandlerHandle,
+        h: HandlerLike,
         ev: SignalEvent,
         exc: BaseException,
         interruptions: list[Interruption] | None = None,
