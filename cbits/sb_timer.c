@@ -57,8 +57,10 @@ static void timer_trip(int sig, int redo)
         if (h == NULL)
             PyErr_Clear();
         trip = h == sbo_bridged;
-        if (trip)
+        if (trip) {
+            atomic_store(&g_sig[sig].retrip, 2); /* a poke: no delivery, if held again */
             PyErr_SetInterruptEx(sig);
+        }
         Py_XDECREF(h);
         PyGILState_Release(gs);
     }

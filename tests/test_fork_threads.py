@@ -295,7 +295,7 @@ class Threads:
 async def test_bridges_in_threads_give_the_signal_back_in_any_order(sig: int) -> None:
     """Loops in three threads take a signal, let go in every order: action and table as found."""
     # Not interrupt=True on SIGTERM: a table restore owed to the main thread can turn into
-    # a delivery nobody sent, which would interrupt this test (the xfail test below).
+    # a delivery nobody sent, which would interrupt this test (test_owed_table_restore_is_not_a_delivery).
     interrupt = sig == signal.SIGINT
     action, table = _native.disposition(sig), signal.getsignal(sig)
     loops = Threads("asyncio", "uvloop")
@@ -345,7 +345,7 @@ async def test_every_thread_bridge_receives_every_realtime_delivery() -> None:
     try:
         got = [await loops.call(i, Collector) for i in range(3)]
         # The main thread takes it first and lets go last (a worker letting go last owes
-        # the main thread a table restore: see the xfail test below).
+        # the main thread a table restore: see test_owed_table_restore_is_not_a_delivery).
         for step in (0, 1, 2, None, 1, None, 0, None, 0, 2, None, 1, None, 1, None, 0):
             await (send() if step is None else toggle(step))
         for i in range(3):
@@ -440,11 +440,6 @@ def test_sigterm_table_restore_owed_by_a_worker_is_paid(loop: str) -> None:
     assert proc.stdout.splitlines() == ["held True", "action True", "table True"], proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: the trip of BRIDGED that pays a table restore owed to the main "
-    "thread is recorded as a delivery (pid 0) when the signal is held again by then",
-)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_owed_table_restore_is_not_a_delivery(loop: str) -> None:
     """The trip that pays a table restore owed to the main thread is not a delivery."""
