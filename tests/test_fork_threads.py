@@ -294,8 +294,8 @@ class Threads:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_bridges_in_threads_give_the_signal_back_in_any_order(sig: int) -> None:
     """Loops in three threads take a signal, let go in every order: action and table as found."""
-    # Not interrupt=True on SIGTERM: a table restore owed to the main thread can turn into
-    # a delivery nobody sent, which would interrupt this test (test_owed_table_restore_is_not_a_delivery).
+    # interrupt=True on SIGINT only: the owed restore of SIGTERM's table is covered by
+    # test_owed_table_restore_is_not_a_delivery.
     interrupt = sig == signal.SIGINT
     action, table = _native.disposition(sig), signal.getsignal(sig)
     loops = Threads("asyncio", "uvloop")
