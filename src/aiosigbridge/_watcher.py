@@ -66,14 +66,20 @@ class SignalThread:
                     self._on_tick()
 
     def close(self) -> None:
-        """Stop the thread and give the signals back (unless others still use them)."""
+        """Stop the thread and give the signals back (unless others still use them).
+        Deliveries it had not read yet are handed to ``on_event`` here, in the closing
+        thread: none is lost between the thread's last look and the close."""
         if self._closed:
             return
         self._closed = True
         os.write(self._stop_w, b"x")
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        self._sub.close()
+        try:
+            for ev in events_from(self._sub.drain()):
+                self._on_event(ev)
+        finally:
+            self._sub.close()
         for fd in (self._stop_r, self._stop_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

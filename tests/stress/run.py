@@ -106,7 +106,7 @@ if mode == "storm":
     sig, n = int(sys.argv[4]), int(sys.argv[5])
     sys.stdin.readline()  # go
     for q in range(n):
-        queue(sig, (sid << 32) | q)
+        queue(sig, (sid << 24) | q)  # a C int: sender id, then a 24-bit count
         sent += 1
 else:  # soak: random signals from a set at a bounded rate until the deadline
     sigs = [int(s) for s in sys.argv[4].split(",")]
@@ -117,7 +117,7 @@ else:  # soak: random signals from a set at a bounded rate until the deadline
     while time.monotonic() < deadline and os.getppid() == pid:
         sig = rng.choice(sigs)
         if sig in rt:
-            queue(sig, (sid << 32) | sent)
+            queue(sig, (sid << 24) | sent)
         else:
             os.kill(pid, sig)
         sent += 1
@@ -231,7 +231,7 @@ def _storm(args: argparse.Namespace, *, one_thread: bool) -> list[Figure]:
                 if ev.value is None or ev.code != asb.SI_QUEUE:
                     st.foreign += 1
                     return
-                sid, q = ev.value >> 32, ev.value & 0xFFFFFFFF
+                sid, q = ev.value >> 24, ev.value & 0xFFFFFF
                 if not 0 <= sid < n_senders:
                     st.foreign += 1
                     return
