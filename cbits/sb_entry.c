@@ -349,6 +349,7 @@ int sb_fork_prepare(void)
     if (atomic_load(&sbo_changer) == (uintptr_t)pthread_self())
         return 0;
     pthread_mutex_lock(&sbo_lock);
+    sb_storage_fork_lock(1); /* no slot half freed either (sb_slot_release) */
     sbo_fork_locked = 1;
     return 0;
 }
@@ -357,6 +358,7 @@ void sb_fork_parent(void)
 {
     if (sbo_fork_locked) {
         sbo_fork_locked = 0;
+        sb_storage_fork_lock(0);
         pthread_mutex_unlock(&sbo_lock);
     }
 }

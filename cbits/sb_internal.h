@@ -68,5 +68,6 @@ uint32_t sb_slot_gen(int slot);
 int sb_slot_watch(int slot, int sig, int on);
 int sb_slot_release(int slot);
 void sb_storage_after_fork_child(void);
+void sb_storage_fork_lock(int lock);
 
 #endif

@@ -248,8 +248,11 @@ static int make_pipe(int fds[2])
 
 static void slot_reset_storage(sb_slot *s)
 {
-    free(s->cells);
+    /* The pointer goes before the memory: a fork() from C code at this instant (no
+     * prepare handler holds the lock then) leaves the child a leak, not a double free. */
+    sb_cell *cells = s->cells;
     s->cells = NULL;
+    free(cells);
     s->cap_mask = 0;
     s->capacity = 0;
     atomic_store(&s->used, 0);
@@ -506,6 +509,15 @@ int sb_counters_get(int slot, int sig, sb_counters *out)
     out->overflowed = atomic_load(&g_slots[slot].overflowed[sig]);
     out->coalesced = atomic_load(&g_slots[slot].coalesced[sig]);
     return 0;
+}
+
+/* os.fork() (its prepare hook, sb_fork_prepare): no slot is half freed in the child. */
+void sb_storage_fork_lock(int lock)
+{
+    if (lock)
+        pthread_mutex_lock(&g_slots_lock);
+    else
+        pthread_mutex_unlock(&g_slots_lock);
 }
 
 /* In the child, inside fork(): no subscriptions; the child's copies of the parent's

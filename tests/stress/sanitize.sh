@@ -38,10 +38,17 @@ fi
     "uvloop>=0.19" "pytest>=8.4" "pytest-asyncio>=1.4" "pytest-timeout>=2.3" "hypothesis>=6.100"
 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g"
 # --no-build-isolation: build with this venv's setuptools/cffi, offline-friendly;
-# --force-reinstall --no-deps: always rebuild from the current sources.
+# --force-reinstall --no-deps: always rebuild from the current sources, from a clean copy
+# of them (the tree's build/ holds the plain build's objects, which setuptools would
+# reuse: an uninstrumented extension).
+SRC_COPY="$LOGDIR/src-copy"
+mkdir -p "$SRC_COPY"
+tar -C "$ROOT" -cf - --exclude='./.venv*' --exclude=./.git --exclude=./build \
+    --exclude=./dist --exclude='*/__pycache__' --exclude='*.so' --exclude='*.egg-info' \
+    --exclude=./.hypothesis --exclude=./benchmarks/out . | tar -C "$SRC_COPY" -xf -
 AIOSIGBRIDGE_CFLAGS="$SAN_FLAGS" AIOSIGBRIDGE_LDFLAGS="-fsanitize=address,undefined" \
     "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation \
-    --force-reinstall --no-deps --no-cache-dir "$ROOT"
+    --force-reinstall --no-deps --no-cache-dir "$SRC_COPY"
 # Located without importing the package (that would load the instrumented .so before
 # LD_PRELOAD is set, which ASan refuses).
 SO="$("$PY" - <<'EOF'
@@ -53,7 +60,7 @@ EOF
 case "$SO" in
     "$ROOT"/src/*) echo "sanitize: the asan venv imports the source tree's build ($SO)" >&2; exit 2 ;;
 esac
-if ! nm -D "$SO" | grep -q __asan_; then
+if ! nm -D "$SO" | grep __asan_ >/dev/null; then  # not -q: nm would die of SIGPIPE (pipefail)
     echo "sanitize: $SO is not instrumented (no __asan_ symbols)" >&2
     exit 2
 fi
