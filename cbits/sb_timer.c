@@ -21,20 +21,96 @@
 
 static pthread_mutex_t g_timer_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_timer_cond;
-static int g_timer_started;
+static int g_timer_started, g_kicker_started;
 static int64_t g_timer_at[SB_NSIG];
-static int g_timer_redo[SB_NSIG]; /* a BRIDGED call to run again (not a re-check) */
+/* What a trip asks of BRIDGED: SB_T_RECHECK (the hook looks again at a pending
+ * interrupt) and/or SB_T_REDO (a nested call to run again).  Both at once is a re-check:
+ * it runs the hook, which a redo with nothing forwarded would not. */
+#define SB_T_RECHECK 1
+#define SB_T_REDO 2
+static int g_timer_kind[SB_NSIG];
 
-/* Make the main thread look at tripped signals now: from another thread, a trip alone
- * may go unnoticed until the main thread next gives up the GIL (3.10-3.13 recompute
- * "signals pending" for the main thread only then), so ask for the GIL. */
-static void kick_main_thread(void)
+/* Mark the trip for sb_bridged(): 1 re-check, 2 not a delivery.  Never lowers a pending
+ * 1 to 2 (a re-check BRIDGED has not consumed yet would be lost, and with it the raise
+ * into a task that hogs the CPU). */
+static void mark_retrip(int sig, int want)
 {
-    PyGILState_STATE gs = PyGILState_Ensure();
-    PyGILState_Release(gs);
+    int cur = 0;
+    while (!atomic_compare_exchange_weak(&g_sig[sig].retrip, &cur, want)) {
+        if (cur == 1 || cur == want)
+            return;
+    }
 }
 
-static void timer_trip(int sig, int redo)
+/* -- the kicker: what needs the GIL --------------------------------------------------
+ * The timer never waits for the GIL: with two threads trading it every switch interval,
+ * a third waiter can starve for seconds (CPython asks for a switch only when none
+ * happened), and a timer stuck there trips nothing.  The kicker thread does it instead:
+ * it takes the GIL to make the main thread look at tripped signals now (from another
+ * thread a trip alone may go unnoticed until the main thread next gives up the GIL:
+ * 3.10-3.13 recompute "signals pending" for the main thread only then), and pokes
+ * table restores owed to the main thread (read under the GIL).  Its state is under
+ * g_timer_lock. */
+static pthread_cond_t g_kick_cond = PTHREAD_COND_INITIALIZER;
+static int g_kick;           /* take the GIL once */
+static char g_debt[SB_NSIG]; /* poke these signals' owed table restores */
+
+static void *kicker_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&g_timer_lock);
+    for (;;) {
+        int sig = 1;
+        while (sig < SB_NSIG && !g_debt[sig])
+            sig++;
+        if (sig == SB_NSIG && !g_kick) {
+            pthread_cond_wait(&g_kick_cond, &g_timer_lock);
+            continue;
+        }
+        g_kick = 0;
+        if (sig < SB_NSIG)
+            g_debt[sig] = 0;
+        pthread_mutex_unlock(&g_timer_lock);
+        if (Py_IsInitialized()) {
+            PyGILState_STATE gs = PyGILState_Ensure();
+            if (sig < SB_NSIG) {
+                /* Trip BRIDGED if the table still holds it (nothing writes the table
+                 * while we hold the GIL). */
+                PyObject *h = PyObject_CallFunction(sbo_getsignal_fn, "i", sig);
+                if (h == NULL)
+                    PyErr_Clear();
+                if (h == sbo_bridged) {
+                    mark_retrip(sig, 2); /* a poke: no delivery, if held again */
+                    PyErr_SetInterruptEx(sig);
+                }
+                Py_XDECREF(h);
+            }
+            PyGILState_Release(gs); /* taking it was the kick */
+        }
+        pthread_mutex_lock(&g_timer_lock);
+    }
+    return NULL;
+}
+
+/* Start a detached thread with every signal blocked (deliveries go to the program's
+ * threads).  0 or -errno. */
+static int start_thread(void *(*fn)(void *))
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* inherited: blocked from its first moment */
+    pthread_t t;
+    pthread_attr_t ta;
+    pthread_attr_init(&ta);
+    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &ta, fn, NULL);
+    pthread_attr_destroy(&ta);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return -rc;
+}
+
+/* Trip BRIDGED for `sig` (g_timer_lock not held: the owner's lock comes first). */
+static void timer_trip(int sig, int kind)
 {
     pthread_mutex_lock(&sbo_lock);
     sb_own *o = &sbo_own[sig];
@@ -42,38 +118,23 @@ static void timer_trip(int sig, int redo)
     int trip = o->held && o->table_bridged && sigaction(sig, NULL, &cur) == 0 &&
                (sb_handler_is(&cur) || sbo_is_python_handler(&cur));
     if (trip) {
-        atomic_store(&g_sig[sig].retrip, redo ? 2 : 1);
+        mark_retrip(sig, kind & SB_T_RECHECK ? 1 : 2);
         PyErr_SetInterruptEx(sig); /* the table holds BRIDGED: safe without the GIL */
     }
     int debt = !o->held && o->debt;
     pthread_mutex_unlock(&sbo_lock);
-    if (!Py_IsInitialized())
-        return;
-    if (debt) {
-        /* A table restore owed to the main thread: trip BRIDGED if it is still there
-         * (read under the GIL: nothing writes the table meanwhile). */
-        PyGILState_STATE gs = PyGILState_Ensure();
-        PyObject *h = PyObject_CallFunction(sbo_getsignal_fn, "i", sig);
-        if (h == NULL)
-            PyErr_Clear();
-        trip = h == sbo_bridged;
-        if (trip) {
-            atomic_store(&g_sig[sig].retrip, 2); /* a poke: no delivery, if held again */
-            PyErr_SetInterruptEx(sig);
-        }
-        Py_XDECREF(h);
-        PyGILState_Release(gs);
+    if (trip || debt) {
+        pthread_mutex_lock(&g_timer_lock);
+        g_kick |= trip;
+        g_debt[sig] |= (char)debt;
+        pthread_cond_signal(&g_kick_cond);
+        pthread_mutex_unlock(&g_timer_lock);
     }
-    if (trip)
-        kick_main_thread();
 }
 
 static void *timer_main(void *arg)
 {
     (void)arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL); /* deliveries go to the program's threads */
     pthread_mutex_lock(&g_timer_lock);
     for (;;) {
         int64_t now = sb_now_ns(), next = 0;
@@ -82,11 +143,11 @@ static void *timer_main(void *arg)
             if (at == 0)
                 continue;
             if (at <= now) {
-                int redo = g_timer_redo[sig];
+                int kind = g_timer_kind[sig];
                 g_timer_at[sig] = 0;
-                g_timer_redo[sig] = 0;
+                g_timer_kind[sig] = 0;
                 pthread_mutex_unlock(&g_timer_lock);
-                timer_trip(sig, redo);
+                timer_trip(sig, kind);
                 pthread_mutex_lock(&g_timer_lock);
             } else if (next == 0 || at < next) {
                 next = at;
@@ -113,21 +174,19 @@ int sbo_timer_request(int sig, int64_t deadline_ns, int redo)
 #endif
         pthread_cond_init(&g_timer_cond, &attr);
         pthread_condattr_destroy(&attr);
-        pthread_t t;
-        pthread_attr_t ta;
-        pthread_attr_init(&ta);
-        pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&t, &ta, timer_main, NULL);
-        pthread_attr_destroy(&ta);
+        int rc = g_kicker_started ? 0 : start_thread(kicker_main);
+        g_kicker_started = rc == 0;
+        if (rc == 0)
+            rc = start_thread(timer_main);
         if (rc != 0) {
             pthread_mutex_unlock(&g_timer_lock);
-            return -rc;
+            return rc;
         }
         g_timer_started = 1;
     }
     if (g_timer_at[sig] == 0 || deadline_ns < g_timer_at[sig])
         g_timer_at[sig] = deadline_ns;
-    g_timer_redo[sig] |= redo;
+    g_timer_kind[sig] |= redo ? SB_T_REDO : SB_T_RECHECK;
     pthread_cond_signal(&g_timer_cond);
     pthread_mutex_unlock(&g_timer_lock);
     return 0;
@@ -141,12 +200,17 @@ int sb_retrip_at(int sig, int64_t deadline_ns)
 }
 
 
-/* Inside fork(), in the child: the timer thread is not there; a new one on demand. */
+/* Inside fork(), in the child: the timer and kicker threads are not there; new ones on
+ * demand. */
 void sbo_timer_after_fork_child(void)
 {
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     g_timer_lock = fresh;
     g_timer_started = 0;
     memset(g_timer_at, 0, sizeof g_timer_at);
-    memset(g_timer_redo, 0, sizeof g_timer_redo);
+    memset(g_timer_kind, 0, sizeof g_timer_kind);
+    pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
+    g_kick_cond = fresh_cond;
+    g_kicker_started = g_kick = 0;
+    memset(g_debt, 0, sizeof g_debt);
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import time
 import warnings
 from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found]
@@ -54,27 +55,34 @@ class _Bridged:
     aiosigbridge holds (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._depth = 0
+        #: The frame of the call running now (a later call while it runs is nested).
+        self._owner: FrameType | None = None
         self._nested: set[int] = set()
         self._spent_ns = 0  # main-thread CPU time spent in here
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self._depth:
+        owner = self._owner
+        if owner is not None and _running(owner):
             # Python handlers nest: a storm would recurse.  Run it again soon instead.
             self._nested.add(signum)
             return
-        self._depth = 1
         t0 = time.thread_time_ns()
-        global task_cpu_ns
-        task_cpu_ns = t0 - self._spent_ns - lib.sb_main_handler_ns()
+        # Not a depth count: an exception (another signal's handler raising) between
+        # here and the try would leave a count set for good; a frame that is no longer
+        # running is not an owner.
+        self._owner = sys._getframe()
         try:
+            global task_cpu_ns
+            task_cpu_ns = t0 - self._spent_ns - lib.sb_main_handler_ns()
             self._call(signum, frame)
         finally:
+            self._spent_ns += time.thread_time_ns() - t0
+            self._owner = None
+            # After the owner is cleared: a call that nests before it is in the set taken
+            # here; one after it runs itself.  None is lost between the two.
             nested, self._nested = self._nested, set()
             for sig in nested:
                 lib.sb_redo(sig)
-            self._spent_ns += time.thread_time_ns() - t0
-            self._depth = 0  # last: no bytecode boundary after it (3.11+)
 
     def _call(self, signum: int, frame: FrameType | None) -> None:
         box: list[Any] = []
@@ -97,6 +105,16 @@ class _Bridged:
 
     def __repr__(self) -> str:
         return "<aiosigbridge.BRIDGED>"
+
+
+def _running(owner: FrameType) -> bool:
+    """Is ``owner`` on the calling thread's stack (a BRIDGED call in progress)?"""
+    f: FrameType | None = sys._getframe(2)
+    while f is not None:
+        if f is owner:
+            return True
+        f = f.f_back
+    return False
 
 
 #: The main thread's CPU time (ns) outside BRIDGED and our C handler, as of BRIDGED's

@@ -224,6 +224,7 @@ class Shutdown:
         sig = self.signal or signal.SIGTERM
         if self._deadline is None or time.monotonic() < self._deadline:
             return
+        _block_sigpipe()  # the dump may go to a broken pipe: EPIPE, not death by SIGPIPE
         with contextlib.suppress(BaseException):
             dump_tasks(
                 [self.loop],
@@ -236,8 +237,7 @@ class Shutdown:
     def _force(self, sig: int, message: str) -> None:
         """End the process now, whatever stdout and stderr are (closed, broken pipes)."""
         try:
-            with contextlib.suppress(BaseException):  # EPIPE, not death by SIGPIPE
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+            _block_sigpipe()
             with contextlib.suppress(BaseException):
                 sys.stdout.flush()
             with contextlib.suppress(BaseException):
@@ -253,6 +253,13 @@ class Shutdown:
             with contextlib.suppress(OSError):
                 _owner.escalate(sig, -1)
         self._armed.clear()
+
+
+def _block_sigpipe() -> None:
+    """Writes from this thread to a broken pipe fail with EPIPE instead of killing the
+    process by SIGPIPE (its default action, when the program restored it)."""
+    with contextlib.suppress(BaseException):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
 
 
 def _quiet_exit(sig: int) -> SystemExit:
