@@ -35,7 +35,6 @@ if sys.version_info < (3, 11):  # pragma: no cover - 3.10
     from exceptiongroup import BaseExceptionGroup
 
 
-
 class HandlerLike(Protocol):
     """What a failure report needs of a registration (a HandlerHandle)."""
 
@@ -141,8 +140,10 @@ _RETRIEVERS = frozenset(
 
 def _retrieves(cb: Any) -> bool:
     """Does this done-callback hand the task's exception on (an awaiting task's wakeup,
-    gather, shield, run_until_complete, wait_for's waiter)?  set.discard does not."""
-    if isinstance(getattr(cb, "__self__", None), asyncio.Future):
+    gather, shield, run_until_complete, wait_for's waiter)?  set.discard does not.
+    Futures are told by asyncio.isfuture(): the pure-Python Task (as the asyncio.Runner
+    backport on 3.10 makes) is no subclass of the C asyncio.Future."""
+    if asyncio.isfuture(getattr(cb, "__self__", None)):
         return True
     func = getattr(cb, "func", None)  # functools.partial(_release_waiter, ...)
     if func is not None and getattr(func, "__name__", "") == "_release_waiter":
