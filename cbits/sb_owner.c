@@ -280,6 +280,7 @@ static void give_back(sb_change *c, int sig, int is_main)
              * original, CPython's handler is back and a real delivery trips it too. */
             if (!o->orig_callable && !sbo_is_python_handler(&cur)) {
                 o->poked = 1;
+                sbo_poke_now(sig);                      /* seen once main takes the GIL */
                 sbo_timer_request(sig, sb_now_ns(), 1); /* it makes the main thread look */
             }
         }

@@ -83,6 +83,7 @@ void sbo_adopt_restart(int sig, const struct sigaction *cur);
 
 /* sb_timer.c */
 int sbo_timer_request(int sig, int64_t deadline_ns, int redo);
+void sbo_poke_now(int sig);
 void sbo_timer_after_fork_child(void);
 
 #endif

@@ -92,6 +92,17 @@ static void *kicker_main(void *arg)
     return NULL;
 }
 
+/* Trip BRIDGED now for a table restore owed to the main thread (the caller checked that
+ * the table holds BRIDGED, a callable: PyErr_SetInterruptEx is then safe from any thread,
+ * with or without the GIL).  A main thread that waits for the GIL (join(), a lock) sees
+ * it when it takes the GIL back; one that runs Python code is made to look by the
+ * kicker (sbo_timer_request). */
+void sbo_poke_now(int sig)
+{
+    mark_retrip(sig, 2); /* a poke: no delivery, if held again */
+    PyErr_SetInterruptEx(sig);
+}
+
 /* Start a detached thread with every signal blocked (deliveries go to the program's
  * threads).  0 or -errno. */
 static int start_thread(void *(*fn)(void *))

@@ -160,13 +160,13 @@ def _watch_target(task: asyncio.Task[Any], rec: Interruption) -> None:
     recs = _targets.get(task)
     if recs is None:
         recs = _targets[task] = []
-        add_done_callback_first(task, _target_done)
+        add_done_callback_first(task, note_target_ended)
     else:  # a survivor: forget interruptions that have nothing left to chain
         recs[:] = [r for r in recs if not r.idle()]
     recs.append(rec)
 
 
-def _target_done(task: asyncio.Task[Any]) -> None:
+def note_target_ended(task: asyncio.Task[Any]) -> None:
     for rec in _targets.pop(task, ()):
         rec.target_ended(task)
 

@@ -204,6 +204,12 @@ class Interrupts:
 
     def decide(self, *, closing: bool) -> None:
         """Settle cancellations nobody retrieved (see _chain.Interruption.decide)."""
+        if closing:
+            # A target that ended in this very iteration: its done-callbacks wait in the
+            # ready queue and would run after the close.  Let them see its end now.
+            for rec in list(self.recent):
+                if not rec.target_done and rec.target.done():
+                    _chain.note_target_ended(rec.target)
         for rec in list(self.undecided):
             if rec.decide(closing=closing):
                 self.undecided.discard(rec)
