@@ -172,11 +172,17 @@ def _diff(a: list[int], b: list[int], warmup: int) -> list[int]:
 
 
 def run_target(
-    target: str, kind: str, scen: tuple[int, int], total: int, warmup: int
+    target: str,
+    kind: str,
+    scen: tuple[int, int],
+    total: int,
+    warmup: int,
+    python: str | None = None,
 ) -> dict[str, Any]:
-    """One target in one scenario: {"lat": summary, "split": {...}} or {"error": ...}."""
+    """One target in one scenario: {"lat": summary, "split": {...}} or {"error": ...}.
+    ``python``: the receiver's interpreter (default: this one)."""
     argv = [
-        C.python(), __file__, "--role", "receiver", "--target", target, "--loop", kind,
+        python or C.python(), __file__, "--role", "receiver", "--target", target, "--loop", kind,
         "--total", str(total + warmup),
     ]  # fmt: skip
     try:

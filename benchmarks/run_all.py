@@ -1,7 +1,7 @@
 """Run every benchmark question and write the comparison.
 
-    python benchmarks/run_all.py            # full: `make bench`, about 2 minutes
-    python benchmarks/run_all.py --quick    # smoke test: `make bench-quick`, CI
+    python benchmarks/run_all.py            # full: `make bench`, about 2.5 minutes
+    python benchmarks/run_all.py --quick    # smoke test: `make bench-quick`, CI (~40 s)
 
 Prints a markdown report (tables with ratios to the C floor and to stock asyncio's
 plain callback, and the issue's targets as PASS/MISS; a missed target never fails the
@@ -21,12 +21,15 @@ from typing import Any
 import _common as C
 import bench_busy
 import bench_fanout
+import bench_instructions
 import bench_latency
 import bench_memory
 import bench_storm
+import bench_versions
 
 QUESTIONS = {
     "latency": bench_latency,
+    "instructions": bench_instructions,
     "busy": bench_busy,
     "storm": bench_storm,
     "fanout": bench_fanout,
@@ -97,6 +100,35 @@ def split_md(lat: dict[str, Any]) -> list[str]:
                 f"| {scen} | {name} | {cell('kill->C handler')} | {cell('C handler->reader')} "
                 f"| {cell('reader->handler')} | {cell('C handler->handler')} |"
             )
+    return out
+
+
+def instructions_md(ins: dict[str, Any]) -> list[str]:
+    head = "\n### Instructions per delivery (callgrind), signal arrival → handler's first line"
+    if "unavailable" in ins:
+        return [f"{head}: skipped ({ins['unavailable']})"]
+    meta = ins.get("_meta", {})
+    out = [
+        f"{head}\n",
+        f"Median Ir per delivery over {meta.get('deliveries')} deliveries (after "
+        f"{meta.get('warmup')} warm-up), CPython {meta.get('python')}, {meta.get('valgrind')}. "
+        "*Python side* = total - C signal handler - marker (the bracket's own call); "
+        "see benchmarks/bench_instructions.py.\n",
+        "| target | Python side | C handler | total | marker | polls "
+        "| / python/signal | / loop's stock-cb |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in ins.items():
+        if name.startswith("_"):
+            continue
+        if "error" in r:
+            out.append(f"| {name} | error: {r['error']} |||||||")
+            continue
+        a, b = bench_instructions.ratios(ins, name)
+        out.append(
+            f"| {name} | {r['python_side']:.0f} | {r['c_handler']:.0f} | {r['total']:.0f} "
+            f"| {r['marker']} | {r['polls']:.0f} | {_x(a)} | {_x(b)} |"
+        )
     return out
 
 
@@ -322,6 +354,8 @@ def report(res: dict[str, Any], loops: tuple[str, ...], quick: bool, wall: float
     ]
     sections = {
         "latency": lambda r: latency_md(r) + split_md(r),
+        "instructions": instructions_md,
+        "versions": lambda r: bench_versions.table_md(r, loops),
         "busy": busy_md,
         "storm": storm_md,
         "fanout": fanout_md,
@@ -342,7 +376,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few signals: a smoke test")
     ap.add_argument("--loop", default="both", choices=("asyncio", "uvloop", "both"))
-    ap.add_argument("--only", action="append", choices=tuple(QUESTIONS),
+    ap.add_argument("--only", action="append", choices=(*QUESTIONS, "versions"),
                     help="run only this question (repeatable)")  # fmt: skip
     args = ap.parse_args()
     loops = C.LOOPS if args.loop == "both" else (args.loop,)
@@ -360,6 +394,20 @@ def main() -> int:
             C.progress(f"{name} FAILED: {exc!r}")
             res[name] = {"error": repr(exc)}
         C.progress(f"{name} done in {time.monotonic() - t:.1f} s")
+    if not args.only or "versions" in args.only:
+        # The headline latency rows per CPython (quick mode: this interpreter's only).
+        t = time.monotonic()
+        lat = res.get("latency")
+        try:
+            res["versions"] = bench_versions.run(
+                quick=args.quick,
+                loops=loops,
+                current=None if lat is None or "error" in lat else lat,
+            )
+        except Exception as exc:
+            C.progress(f"versions FAILED: {exc!r}")
+            res["versions"] = {"error": repr(exc)}
+        C.progress(f"versions done in {time.monotonic() - t:.1f} s")
     ok = {k: v for k, v in res.items() if not (isinstance(v, dict) and "error" in v)}
     res["targets"] = targets(ok, loops)
     wall = time.monotonic() - t_start
