@@ -28,7 +28,16 @@ static int64_t g_timer_at[SB_NSIG];
  * it runs the hook, which a redo with nothing forwarded would not. */
 #define SB_T_RECHECK 1
 #define SB_T_REDO 2
+/* A check that the last trip was taken: BRIDGED consumes the mark (retrip) when it runs.
+ * A mark still there later means the trip was not acted on (by CPython or by us, in a
+ * window no test has pinned down): trip again, backing off from 50 ms to 1 s, for as
+ * long as the signal is held with BRIDGED in the table.  Without it, one lost trip
+ * would leave a CPU-bound task uninterrupted for good. */
+#define SB_T_VERIFY 4
+#define SB_VERIFY_FIRST_NS 50000000LL
+#define SB_VERIFY_MAX_NS 1000000000LL
 static int g_timer_kind[SB_NSIG];
+static int64_t g_verify_ns[SB_NSIG]; /* the next verify's delay (g_timer_lock) */
 
 /* Mark the trip for sb_bridged(): 1 re-check, 2 not a delivery.  Never lowers a pending
  * 1 to 2 (a re-check BRIDGED has not consumed yet would be lost, and with it the raise
@@ -128,10 +137,12 @@ static void timer_trip(int sig, int kind)
     struct sigaction cur;
     int trip = o->held && o->table_bridged && sigaction(sig, NULL, &cur) == 0 &&
                (sb_handler_is(&cur) || sbo_is_python_handler(&cur));
-    if (trip) {
+    if (trip && !(kind & (SB_T_RECHECK | SB_T_REDO)))
+        trip = atomic_load(&g_sig[sig].retrip) != 0; /* a verify: the mark not taken */
+    else if (trip)
         mark_retrip(sig, kind & SB_T_RECHECK ? 1 : 2);
+    if (trip)
         PyErr_SetInterruptEx(sig); /* the table holds BRIDGED: safe without the GIL */
-    }
     int debt = !o->held && o->debt;
     pthread_mutex_unlock(&sbo_lock);
     if (trip || debt) {
@@ -139,6 +150,17 @@ static void timer_trip(int sig, int kind)
         g_kick |= trip;
         g_debt[sig] |= (char)debt;
         pthread_cond_signal(&g_kick_cond);
+        if (trip) {
+            int64_t wait = kind & (SB_T_RECHECK | SB_T_REDO) || g_verify_ns[sig] == 0
+                               ? SB_VERIFY_FIRST_NS
+                               : g_verify_ns[sig];
+            g_verify_ns[sig] = wait * 2 < SB_VERIFY_MAX_NS ? wait * 2 : SB_VERIFY_MAX_NS;
+            int64_t at = sb_now_ns() + wait;
+            if (g_timer_at[sig] == 0 || at < g_timer_at[sig])
+                g_timer_at[sig] = at;
+            g_timer_kind[sig] |= SB_T_VERIFY;
+            pthread_cond_signal(&g_timer_cond);
+        }
         pthread_mutex_unlock(&g_timer_lock);
     }
 }
@@ -220,6 +242,7 @@ void sbo_timer_after_fork_child(void)
     g_timer_started = 0;
     memset(g_timer_at, 0, sizeof g_timer_at);
     memset(g_timer_kind, 0, sizeof g_timer_kind);
+    memset(g_verify_ns, 0, sizeof g_verify_ns);
     pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
     g_kick_cond = fresh_cond;
     g_kicker_started = g_kick = 0;
