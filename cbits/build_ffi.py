@@ -37,6 +37,7 @@ ffibuilder.set_source(
         "cbits/sb_pyapi.c",
         "cbits/sb_entry.c",
         "cbits/sb_timer.c",
+        "cbits/sb_fastpy.c",
     ],
     include_dirs=["cbits"],
     # PyErr_SetInterruptEx is in the stable ABI since 3.10: cffi's default empty

@@ -112,6 +112,7 @@ void sb_set_main_thread(void);
 int sb_subscribe(uint32_t capacity, int *read_fd);
 int sb_drain(int slot, sb_record *out, int max);
 int sb_drain_records(int slot, sb_record *out, int max);
+int sb_fastpy_init(uintptr_t box, uintptr_t event_type, uintptr_t signals);
 int sb_counters_get(int slot, int sig, sb_counters *out);
 uint32_t sb_slot_gen(int slot);
 int64_t sb_undrained(int slot, int sig);

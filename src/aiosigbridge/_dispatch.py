@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _chain, _owner
 from ._eager import start_task
-from ._event import SignalEvent, events_from
+from ._event import SignalEvent
 from ._handlers import HandlerHandle, SignalStats
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Dispatcher:
     def _on_readable(self) -> None:
         if self._sub.closed:
             return
-        evs = events_from(self._sub.drain())
+        evs = self._sub.drain()
         if self._backlog:
             self._backlog.extend(evs)
             self._pump()
@@ -81,7 +81,7 @@ class Dispatcher:
         if self._sub.closed:
             return
         try:
-            evs = events_from(self._sub.drain(read_pipe=False))
+            evs = self._sub.drain(read_pipe=False)
         except Exception as exc:  # never into select(): report like a loop callback
             self._loop.call_exception_handler(
                 {"message": "aiosigbridge: dispatch failed", "exception": exc}

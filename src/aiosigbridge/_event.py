@@ -6,7 +6,7 @@ import signal
 import time
 from typing import Any, NamedTuple
 
-from ._clib import CLD_CODES, RECORD, SI_QUEUE, SIGNALS, VALUE_CODES, signal_name
+from ._clib import CLD_CODES, RECORD, SI_QUEUE, SIGNALS, VALUE_CODES, check, lib, signal_name
 
 
 class SignalEvent(NamedTuple):
@@ -88,3 +88,13 @@ def events_from(records: Any) -> list[SignalEvent]:
         )
         for timestamp_ns, value, signum, code, pid, uid, status, coalesced in _unpack(records)
     ]
+
+
+# The drain's fast path (cbits/sb_fastpy.c): a builtin that drains a subscriber and builds
+# its SignalEvents in C, keeping the GIL (events_from() is then for the rare batch larger
+# than a subscriber's buffer).  signum -> Signals member, for 0..64.
+_SIGNAL_TABLE = tuple(_SIGNALS.get(i, i) for i in range(lib.SB_NSIG))
+_box: list[Any] = []
+check(lib.sb_fastpy_init(id(_box), id(SignalEvent), id(_SIGNAL_TABLE)), "aiosigbridge init")
+drain_events: Any = _box[0][2]
+del _box

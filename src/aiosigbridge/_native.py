@@ -8,7 +8,6 @@ is subscribed), and the names the rest of the package takes from the C layer.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 from . import _owner
 from ._clib import (
@@ -27,6 +26,7 @@ from ._clib import (
     signal_name,
     validate_signal,
 )
+from ._event import SignalEvent, drain_events, events_from
 from ._owner import BRIDGED, SignalReplacedWarning, SignalState
 
 
@@ -49,6 +49,10 @@ class Registry:
 registry = Registry()
 
 
+def _timestamp(ev: SignalEvent) -> int:
+    return ev.timestamp_ns
+
+
 class Subscription:
     """One subscriber: a C slot, its pipe and its storage, and what it demands of each
     signal (``_owner.WATCH | CONSUME | PYLEVEL | FAST``)."""
@@ -56,6 +60,7 @@ class Subscription:
     __slots__ = (
         "__weakref__",
         "_buf",
+        "_buf_addr",
         "_buf_len",
         "capacity",
         "closed",
@@ -92,6 +97,7 @@ class Subscription:
         # up to 256 realtime records; more grow the buffer (see drain()).
         self._buf_len = min(capacity, 256) + STD_RESERVE + 1
         self._buf = ffi.new("sb_record[]", self._buf_len)
+        self._buf_addr = int(ffi.cast("uintptr_t", self._buf))
         registry.subscriptions.add(self)
 
     def demand(self, sig: int, flags: int, ops: _owner.Ops | None = None) -> None:
@@ -108,27 +114,29 @@ class Subscription:
             else:
                 d[key] = value
 
-    def drain(self, read_pipe: bool = True) -> Any:
-        """Empty the pipe and return every pending record, packed as ``RECORD`` and in
-        time order (a buffer valid until the next drain).  One C call in the common
-        case.  With ``read_pipe=False`` the wake-up byte stays for the loop's reader."""
-        buf, size = self._buf, self._buf_len
-        n = (lib.sb_drain if read_pipe else lib.sb_drain_records)(self.slot, buf, size)
-        if n < size:
-            return ffi.buffer(buf, max(n, 0) * RECORD.size)
+    def drain(self, read_pipe: bool = True) -> list[SignalEvent]:
+        """Empty the pipe and return every pending delivery as SignalEvents, in time
+        order.  One call into C that builds the events itself (``_event.drain_events``)
+        in the common case.  With ``read_pipe=False`` the wake-up byte stays for the
+        loop's reader."""
+        evs: list[SignalEvent] = drain_events(
+            self.slot, self._buf_addr, self._buf_len, read_pipe
+        )
+        if len(evs) < self._buf_len:
+            return evs
         # More realtime records wait than the buffer holds: grow it to the capacity,
         # take the rest, and put the batches in time order (the first had the standard
         # signals' events, which may be newer than some realtime records after it).
-        chunks = [ffi.buffer(buf, n * RECORD.size)[:]]
         self._buf_len = self.capacity + STD_RESERVE + 1
         self._buf = buf = ffi.new("sb_record[]", self._buf_len)
-        while n > 0:
+        self._buf_addr = int(ffi.cast("uintptr_t", buf))
+        chunks = []
+        while True:
             n = lib.sb_drain_records(self.slot, buf, self._buf_len)
             chunks.append(ffi.buffer(buf, max(n, 0) * RECORD.size)[:])
             if n < self._buf_len:
                 break
-        records = sorted(RECORD.iter_unpack(b"".join(chunks)), key=lambda r: r[0])
-        return b"".join(RECORD.pack(*r) for r in records)
+        return sorted(evs + events_from(b"".join(chunks)), key=_timestamp)
 
     def undrained(self, sig: int) -> int:
         """Deliveries of ``sig`` stored for this subscriber and not drained yet."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from . import _owner
-from ._event import SignalEvent, events_from
+from ._event import SignalEvent
 from ._native import Subscription
 
 __all__ = ["SignalThread"]
@@ -60,7 +60,7 @@ class SignalThread:
                 if self._stop_r in ready:
                     return
                 if self._sub.read_fd in ready:
-                    for ev in events_from(self._sub.drain()):
+                    for ev in self._sub.drain():
                         self._on_event(ev)
                 else:
                     self._on_tick()
@@ -76,7 +76,7 @@ class SignalThread:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         try:
-            for ev in events_from(self._sub.drain()):
+            for ev in self._sub.drain():
                 self._on_event(ev)
         finally:
             self._sub.close()

@@ -1,0 +1,141 @@
+/* aiosigbridge: the per-delivery read path as a CPython builtin (not a cffi call).
+ *
+ * cffi releases the GIL around every call and its result goes through a buffer that
+ * Python code then unpacks record by record: for one delivery that was more than the
+ * rest of the drain.  drain_events() keeps the GIL (the drain takes no lock: it reads the
+ * pipe, which is non-blocking, and the lock-free storage, sb_storage.c) and builds the
+ * SignalEvents itself, in one call.  Its object is handed to Python through the box
+ * (sb_fastpy_init), as the owner's calls hand theirs.
+ *
+ *   drain_events(slot, buf_address, buf_len, read_pipe) -> list[SignalEvent]
+ *
+ * buf_address/buf_len: the subscription's record buffer (cffi-owned).  A list of
+ * buf_len events means more realtime records wait: the caller drains the rest. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+
+#include "sigbridge.h"
+
+static PyObject *g_event_type;  /* SignalEvent (a tuple subclass) */
+static PyObject *g_signals;     /* tuple: index n -> signal.Signals member or int */
+static allocfunc g_event_alloc; /* SignalEvent's tp_alloc */
+static PyObject *g_fast;        /* the builtin: made once */
+
+static int has_value(int code)
+{
+    return code == SI_QUEUE || code == SI_TIMER || code == SI_MESGQ || code == SI_ASYNCIO;
+}
+
+static int has_status(int sig, int code)
+{
+    return sig == SIGCHLD && code >= CLD_EXITED && code <= CLD_CONTINUED;
+}
+
+static PyObject *event_from(const sb_record *r)
+{
+    PyObject *ev = g_event_alloc((PyTypeObject *)g_event_type, 8);
+    if (ev == NULL)
+        return NULL;
+    PyObject *signum;
+    if (r->signum > 0 && r->signum < PyTuple_Size(g_signals)) {
+        signum = PyTuple_GetItem(g_signals, r->signum); /* borrowed */
+        Py_XINCREF(signum);
+    } else {
+        signum = PyLong_FromLong(r->signum);
+    }
+    PyObject *items[8] = {
+        signum,
+        PyLong_FromLong(r->code),
+        PyLong_FromLong(r->pid),
+        PyLong_FromUnsignedLong(r->uid),
+        has_value(r->code) ? PyLong_FromLongLong(r->value) : (Py_INCREF(Py_None), Py_None),
+        has_status(r->signum, r->code) ? PyLong_FromLong(r->status)
+                                       : (Py_INCREF(Py_None), Py_None),
+        PyLong_FromLongLong(r->timestamp_ns),
+        PyLong_FromUnsignedLong(r->coalesced),
+    };
+    int failed = 0;
+    for (int i = 0; i < 8; i++) {
+        if (items[i] == NULL) {
+            failed = 1;
+            continue;
+        }
+        if (PyTuple_SetItem(ev, i, items[i]) != 0) /* steals, even on failure */
+            failed = 1;
+    }
+    if (failed) {
+        Py_DECREF(ev);
+        return NULL;
+    }
+    return ev;
+}
+
+static PyObject *drain_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "drain_events(slot, buf_address, buf_len, read_pipe)");
+        return NULL;
+    }
+    long slot = PyLong_AsLong(args[0]);
+    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(args[1]);
+    long len = PyLong_AsLong(args[2]);
+    int read_pipe = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    sb_record *buf = (sb_record *)addr;
+    int n = read_pipe ? sb_drain((int)slot, buf, (int)len) : sb_drain_records((int)slot, buf, (int)len);
+    if (n < 0) {
+        errno = -n;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *ev = event_from(&buf[i]);
+        if (ev == NULL) {
+            Py_DECREF(out);
+            return NULL; /* MemoryError: the records are gone, as with any failed read */
+        }
+        PyList_SetItem(out, i, ev);
+    }
+    return out;
+}
+
+static PyMethodDef g_def = {"drain_events", (PyCFunction)(void (*)(void))drain_events,
+                            METH_FASTCALL, "drain_events(slot, buf_address, buf_len, read_pipe)"};
+
+/* Called once at import, with the GIL: remember SignalEvent and the signum table, and
+ * append ("fast", 0, drain_events) to the box.  0 or -errno. */
+int sb_fastpy_init(uintptr_t box, uintptr_t event_type, uintptr_t signals)
+{
+    PyGILState_STATE gs = PyGILState_Ensure();
+    int rc = 0;
+    if (g_fast == NULL) {
+        g_event_alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)event_type, Py_tp_alloc);
+        g_fast = PyCFunction_New(&g_def, NULL);
+        if (g_fast == NULL || g_event_alloc == NULL) {
+            PyErr_Clear();
+            rc = -ENOMEM;
+            goto out;
+        }
+        g_event_type = (PyObject *)event_type;
+        g_signals = (PyObject *)signals;
+        Py_INCREF(g_event_type);
+        Py_INCREF(g_signals);
+    }
+    PyObject *item = Py_BuildValue("(siO)", "fast", 0, g_fast);
+    if (item == NULL || PyList_Append((PyObject *)box, item) != 0) {
+        PyErr_Clear();
+        rc = -ENOMEM;
+    }
+    Py_XDECREF(item);
+out:
+    PyGILState_Release(gs);
+    return rc;
+}
