@@ -260,6 +260,31 @@ int sb_bridged(int sig, uintptr_t box)
     return res | sbo_change_end(&c);
 }
 
+/* The common BRIDGED call, kept short (the GIL is held throughout; no signal is blocked,
+ * nothing is changed but the forward flag): a delivery our handler forwarded, of a held
+ * signal, with no timer mark pending and no previous Python handler to hand back.  The
+ * owner's lock is only tried: held by anyone (a change in progress, this thread's own
+ * change, a fork), the full path (sb_bridged) waits for it.  Returns what sb_bridged
+ * would, or -1 for "take the full path". */
+int sb_bridged_fast(int sig)
+{
+    if (!sb_valid_sig(sig) || getpid() != atomic_load(&g_owner_pid))
+        return -1;
+    if (pthread_mutex_trylock(&sbo_lock) != 0)
+        return -1;
+    sb_own *o = &sbo_own[sig];
+    sb_sig *g = &g_sig[sig];
+    int res = -1;
+    if (o->held && !o->orig_callable && atomic_load(&g->retrip) == 0 &&
+        atomic_exchange(&g->fwd_pending, 0) != 0) {
+        res = SB_B_HELD;
+        if (sbo_union_demand(sig) & (SB_WANT_PYLEVEL | SB_WANT_FAST))
+            res |= SB_B_HOOK;
+    }
+    pthread_mutex_unlock(&sbo_lock);
+    return res;
+}
+
 /* A BRIDGED call that came while BRIDGED ran (Python handlers nest; a storm would
  * recurse): run it again soon, from the timer thread.  Tripped now it would run at the
  * next bytecode, still inside the outer call's frame, and nest after all. */

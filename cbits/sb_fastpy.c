@@ -1,4 +1,4 @@
-/* aiosigbridge: the per-delivery read path as a CPython builtin (not a cffi call).
+/* aiosigbridge: the per-delivery calls as CPython builtins (not cffi calls).
  *
  * cffi releases the GIL around every call and its result goes through a buffer that
  * Python code then unpacks record by record: for one delivery that was more than the
@@ -18,12 +18,11 @@
 #include <signal.h>
 #include <stdint.h>
 
-#include "sigbridge.h"
+#include "sb_internal.h"
 
 static PyObject *g_event_type;  /* SignalEvent (a tuple subclass) */
 static PyObject *g_signals;     /* tuple: index n -> signal.Signals member or int */
 static allocfunc g_event_alloc; /* SignalEvent's tp_alloc */
-static PyObject *g_fast;        /* the builtin: made once */
 
 static int has_value(int code)
 {
@@ -107,34 +106,67 @@ static PyObject *drain_events(PyObject *self, PyObject *const *args, Py_ssize_t 
     return out;
 }
 
-static PyMethodDef g_def = {"drain_events", (PyCFunction)(void (*)(void))drain_events,
-                            METH_FASTCALL, "drain_events(slot, buf_address, buf_len, read_pipe)"};
+/* bridged_fast(sig) -> int: sb_bridged_fast() without cffi's GIL release. */
+static PyObject *bridged_fast(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long sig = PyLong_AsLong(arg);
+    if (sig == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(sb_bridged_fast((int)sig));
+}
+
+/* main_handler_ns() -> int: sb_main_handler_ns() without cffi's GIL release. */
+static PyObject *main_handler_ns(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLongLong(sb_main_handler_ns());
+}
+
+static PyMethodDef g_defs[] = {
+    {"drain_events", (PyCFunction)(void (*)(void))drain_events, METH_FASTCALL,
+     "drain_events(slot, buf_address, buf_len, read_pipe)"},
+    {"bridged_fast", bridged_fast, METH_O, "bridged_fast(sig)"},
+    {"main_handler_ns", main_handler_ns, METH_NOARGS, "main_handler_ns()"},
+};
+#define SB_NFAST ((int)(sizeof g_defs / sizeof g_defs[0]))
 
 /* Called once at import, with the GIL: remember SignalEvent and the signum table, and
- * append ("fast", 0, drain_events) to the box.  0 or -errno. */
+ * append ("fast", i, builtin) to the box for each of g_defs.  0 or -errno. */
 int sb_fastpy_init(uintptr_t box, uintptr_t event_type, uintptr_t signals)
 {
+    static PyObject *made[SB_NFAST];
     PyGILState_STATE gs = PyGILState_Ensure();
     int rc = 0;
-    if (g_fast == NULL) {
+    if (made[0] == NULL) {
         g_event_alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)event_type, Py_tp_alloc);
-        g_fast = PyCFunction_New(&g_def, NULL);
-        if (g_fast == NULL || g_event_alloc == NULL) {
+        if (g_event_alloc == NULL) {
             PyErr_Clear();
-            rc = -ENOMEM;
+            rc = -EINVAL;
             goto out;
+        }
+        for (int i = 0; i < SB_NFAST; i++) {
+            made[i] = PyCFunction_New(&g_defs[i], NULL);
+            if (made[i] == NULL) {
+                PyErr_Clear();
+                rc = -ENOMEM;
+                goto out;
+            }
         }
         g_event_type = (PyObject *)event_type;
         g_signals = (PyObject *)signals;
         Py_INCREF(g_event_type);
         Py_INCREF(g_signals);
     }
-    PyObject *item = Py_BuildValue("(siO)", "fast", 0, g_fast);
-    if (item == NULL || PyList_Append((PyObject *)box, item) != 0) {
-        PyErr_Clear();
-        rc = -ENOMEM;
+    for (int i = 0; i < SB_NFAST && rc == 0; i++) {
+        PyObject *item = Py_BuildValue("(siO)", "fast", i, made[i]);
+        if (item == NULL || PyList_Append((PyObject *)box, item) != 0) {
+            PyErr_Clear();
+            rc = -ENOMEM;
+        }
+        Py_XDECREF(item);
     }
-    Py_XDECREF(item);
 out:
     PyGILState_Release(gs);
     return rc;

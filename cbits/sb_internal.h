@@ -70,4 +70,7 @@ int sb_slot_release(int slot);
 void sb_storage_after_fork_child(void);
 void sb_storage_fork_lock(int lock);
 
+/* sb_entry.c, for sb_fastpy.c (not part of the cffi interface) */
+int sb_bridged_fast(int sig);
+
 #endif

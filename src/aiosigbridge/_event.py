@@ -97,4 +97,8 @@ _SIGNAL_TABLE = tuple(_SIGNALS.get(i, i) for i in range(lib.SB_NSIG))
 _box: list[Any] = []
 check(lib.sb_fastpy_init(id(_box), id(SignalEvent), id(_SIGNAL_TABLE)), "aiosigbridge init")
 drain_events: Any = _box[0][2]
+#: BRIDGED's common call (sb_bridged_fast: -1 for the full path) and the main thread's
+#: time in our C handler, without cffi's GIL release around each call.
+bridged_fast: Any = _box[1][2]
+main_handler_ns: Any = _box[2][2]
 del _box

@@ -138,8 +138,9 @@ def add_handler(
     )
 
 
+# By id(): hashing a code object hashes its constants (thousands of instructions).
 _SELECT_CODES = frozenset(
-    getattr(selectors, name).select.__code__
+    id(getattr(selectors, name).select.__code__)
     for name in (
         "SelectSelector",
         "PollSelector",
@@ -172,9 +173,9 @@ def _python_signal_hook(signum: int, frame: types.FrameType | None, retrip: bool
         not retrip
         and bridge._fast
         and frame is not None
-        and frame.f_code in _SELECT_CODES
         and frame.f_back is not None
         and frame.f_back.f_code is _RUN_ONCE_CODE
+        and id(frame.f_code) in _SELECT_CODES
     ):
         bridge._fast_dispatch()
 

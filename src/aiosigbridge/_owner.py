@@ -31,12 +31,23 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 from ._clib import check, ffi, is_main_thread, lib, signal_name
+from ._event import bridged_fast as _bridged_fast
+from ._event import main_handler_ns as _main_handler_ns
 
 WATCH: int = lib.SB_WANT_WATCH
 CONSUME: int = lib.SB_WANT_CONSUME
 PYLEVEL: int = lib.SB_WANT_PYLEVEL
 FAST: int = lib.SB_WANT_FAST
 _RAISED: int = lib.SB_RAISED
+# Per delivery (BRIDGED): looked up once, not through cffi's lib on every call.
+_sb_bridged = lib.sb_bridged
+_thread_time_ns = time.thread_time_ns
+_B_FORK: int = lib.SB_B_FORK
+_B_DEFER: int = lib.SB_B_DEFER
+_B_ORIGINAL: int = lib.SB_B_ORIGINAL
+_B_HOOK: int = lib.SB_B_HOOK
+_B_RETRIP: int = lib.SB_B_RETRIP
+_B_DIE: int = lib.SB_B_DIE
 
 
 class SignalReplacedWarning(RuntimeWarning):
@@ -66,17 +77,17 @@ class _Bridged:
             # Python handlers nest: a storm would recurse.  Run it again soon instead.
             self._nested.add(signum)
             return
-        t0 = time.thread_time_ns()
+        t0 = _thread_time_ns()
         # Not a depth count: an exception (another signal's handler raising) between
         # here and the try would leave a count set for good; a frame that is no longer
         # running is not an owner.
         self._owner = sys._getframe()
         try:
             global task_cpu_ns
-            task_cpu_ns = t0 - self._spent_ns - lib.sb_main_handler_ns()
+            task_cpu_ns = t0 - self._spent_ns - _main_handler_ns()
             self._call(signum, frame)
         finally:
-            self._spent_ns += time.thread_time_ns() - t0
+            self._spent_ns += _thread_time_ns() - t0
             self._owner = None
             # After the owner is cleared: a call that nests before it is in the set taken
             # here; one after it runs itself.  None is lost between the two.
@@ -85,20 +96,25 @@ class _Bridged:
                 lib.sb_redo(sig)
 
     def _call(self, signum: int, frame: FrameType | None) -> None:
+        act = _bridged_fast(signum)
+        if act >= 0:  # a forwarded delivery of a held signal, nothing else to do
+            if act & _B_HOOK and _python_hook is not None:
+                _python_hook(signum, frame, False)
+            return
         box: list[Any] = []
-        act = lib.sb_bridged(signum, id(box))
-        if act & lib.SB_B_FORK:
+        act = _sb_bridged(signum, id(box))
+        if act & _B_FORK:
             _after_fork_child()
             box = []
-            act = lib.sb_bridged(signum, id(box))
-        if act & lib.SB_B_DEFER:
+            act = _sb_bridged(signum, id(box))
+        if act & _B_DEFER:
             return  # came during a change of signal state: the change trips it again
-        original, raised = _settle(box, from_handler=True)
-        if act & lib.SB_B_ORIGINAL and callable(original):
+        original, raised = _settle(box, from_handler=True) if box else (None, None)
+        if act & _B_ORIGINAL and callable(original):
             original(signum, frame)
-        if act & lib.SB_B_HOOK and _python_hook is not None:
-            _python_hook(signum, frame, bool(act & lib.SB_B_RETRIP))
-        if act & lib.SB_B_DIE:
+        if act & _B_HOOK and _python_hook is not None:
+            _python_hook(signum, frame, bool(act & _B_RETRIP))
+        if act & _B_DIE:
             os.kill(os.getpid(), signum)  # the default action is back
         if raised is not None:
             raise raised
