@@ -21,6 +21,9 @@ from typing import Any
 
 __all__ = ["start_task"]
 
+_Task = asyncio.Task
+_current_task = asyncio.tasks.current_task
+
 
 def start_task(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str
@@ -35,19 +38,22 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
     """The coroutine a by-hand eager task runs: replays the eager first step's outcome,
     then delegates to the real coroutine."""
 
+    # Per-instance state starts as these class defaults (one task per delivery: the
+    # fewer attributes set in __init__, the shorter the path).
+    _started = False
+    _state = "running"  # after the eager step: "suspended", "returned", "raised"
+    _first: Any = None
+    _result: Any = None
+    _exc: BaseException | None = None
+    #: 3.10: the context the eager step ran in, when the task runs in a copy of it made
+    #: before that step: its values are replayed at the task's first step.
+    _replay: contextvars.Context | None = None
+
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
         # For asyncio's task repr: the real coroutine's names.
-        self.__name__ = getattr(coro, "__name__", type(coro).__name__)
-        self.__qualname__ = getattr(coro, "__qualname__", self.__name__)
-        self._started = False
-        self._state = "running"  # after the eager step: "suspended", "returned", "raised"
-        self._first: Any = None
-        self._result: Any = None
-        self._exc: BaseException | None = None
-        #: 3.10: the context the eager step ran in, when the task runs in a copy of it
-        #: made before that step: its values are replayed at the task's first step.
-        self._replay: contextvars.Context | None = None
+        self.__name__ = name = getattr(coro, "__name__", type(coro).__name__)
+        self.__qualname__ = getattr(coro, "__qualname__", name)
 
     def _replay_context(self) -> None:
         ctx, self._replay = self._replay, None
@@ -115,21 +121,24 @@ def _start_task_by_hand(
 ) -> asyncio.Task[Any]:
     wrapper = _Resume(coro)
     ctx = contextvars.copy_context()
+    # asyncio.Task itself, as 3.12's eager start does (not loop.create_task(), whose
+    # uvloop form formats a default name and then sets ours).
     if sys.version_info >= (3, 11):
-        task = loop.create_task(wrapper, name=name, context=ctx)
+        task = _Task(wrapper, loop=loop, name=name, context=ctx)
     else:
-        task = loop.create_task(wrapper, name=name)
+        task = _Task(wrapper, loop=loop, name=name)
         own = getattr(task, "_context", None)  # the pure-Python Task's
         if own is not None:
             ctx = own
         else:  # the C Task's context is a copy made now: give it the first step's values
             wrapper._replay = ctx
+    # Looked up per call: tools (and this project's tests) wrap asyncio's own.
     enter = asyncio.tasks._enter_task
     leave = asyncio.tasks._leave_task
     # Started from inside another task (3.12's eager start allows it too): step aside.
     # Every step is inside the try: whatever interrupts it (a Python-level signal
     # handler raising), the loop's current task is put back as it was.
-    outer = asyncio.tasks.current_task(loop)
+    outer = _current_task(loop)
     entered = False
     try:
         if outer is not None:
@@ -147,6 +156,6 @@ def _start_task_by_hand(
     finally:
         if entered:
             leave(loop, task)
-        if outer is not None and asyncio.tasks.current_task(loop) is None:
+        if outer is not None and _current_task(loop) is None:
             enter(loop, outer)
     return task
