@@ -224,6 +224,18 @@ def memory_md(mem: dict[str, Any]) -> list[str]:
 # -- targets ----------------------------------------------------------------------------
 
 
+#: Python-side instructions per delivery before the path was cut (CPython 3.11.7,
+#: commit 4efd6e4, benchmarks/RESULTS.md): the target is half of these.
+INSTRUCTIONS_BASELINE = {
+    "asyncio/asb-sync": 34_629,
+    "asyncio/asb-coro": 55_154,
+    "asyncio/asb-rx": 60_080,
+    "uvloop/asb-sync": 17_677,
+    "uvloop/asb-coro": 34_544,
+    "uvloop/asb-rx": 32_537,
+}
+
+
 def targets(res: dict[str, Any], loops: tuple[str, ...]) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value and PASS/MISS."""
     out: list[dict[str, Any]] = []
@@ -238,7 +250,28 @@ def targets(res: dict[str, Any], loops: tuple[str, ...]) -> list[dict[str, Any]]
         return same.get(key, {}).get("lat", {})
 
     floor, stock = lat("c/floor"), lat("asyncio/stock-cb")
+    plain = lat("python/signal")
+    ins = res.get("instructions", {})
     for kind in loops:
+        sync = lat(f"{kind}/asb-sync")
+        if sync and plain:
+            r50 = sync["p50"] / plain["p50"]
+            add(f"{kind}: sync handler ≤ 1.5x a plain signal.signal handler (p50)",
+                f"{r50:.2f}x", r50 <= 1.5)  # fmt: skip
+        own, coro0 = lat(f"{kind}/stock-cb"), lat(f"{kind}/asb-coro")
+        if kind == "uvloop" and own and coro0:
+            r50 = coro0["p50"] / own["p50"]
+            add("uvloop: coroutine handler below uvloop's own callback (p50)",
+                f"{r50:.2f}x", r50 < 1.0)  # fmt: skip
+        for consumer in ("sync", "coro", "rx"):
+            name = f"{kind}/asb-{consumer}"
+            now, base = ins.get(name, {}).get("python_side"), INSTRUCTIONS_BASELINE.get(name)
+            if now is None or base is None:
+                continue
+            same_python = str(ins.get("_meta", {}).get("python", "")).startswith("3.11")
+            add(f"{name}: instructions ≤ half of {base:,} (3.11, before the work)",
+                f"{now:,.0f} ({now / base:.2f}x)",
+                now <= base / 2 if same_python else None)  # fmt: skip
         coro, rx = lat(f"{kind}/asb-coro"), lat(f"{kind}/asb-rx")
         if coro and floor:
             r50, r99 = coro["p50"] / floor["p50"], coro["p99"] / floor["p99"]
