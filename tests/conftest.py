@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,8 +67,10 @@ def _wakeup_fd() -> int:
 def _leaves_signal_state_as_found() -> Iterator[None]:
     before = _signal_state()
     fd = _wakeup_fd()
+    switch = sys.getswitchinterval()
     del _loop_errors[:]
     yield
+    assert sys.getswitchinterval() == switch, "test left the switch interval changed"
     after = _signal_state()
     changed = {
         _native.signal_name(s): (before[s], after[s]) for s in before if before[s] != after[s]

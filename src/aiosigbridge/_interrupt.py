@@ -17,13 +17,16 @@ by the task.  The raise happens only where it is safe: in the task's own code (w
 the frames from the one Python interrupted up to the task's coroutine, none of them
 asyncio's or aiosigbridge's), never inside the event loop, a task being started or
 asyncio's own functions.  The interrupt timer (C, ``sb_retrip_at``) trips Python's
-handler again until then.
+handler again until then; before 3.13 the main thread notices a trip made by another
+thread only when it next takes the GIL, so while a re-check is pending the switch
+interval is lowered (QUICK_SWITCH_S), and put back after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections import deque
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,49 @@ RETRY_MAX_NS = 10_000_000
 #: Other deliveries since the interrupt past which the main thread counts as busy with a
 #: signal storm rather than hogged by the task.
 QUIET = 2
+
+
+#: Before 3.13 a trip made by the interrupt timer's thread is noticed by the main thread
+#: only when it next takes the GIL, which the timer forces by asking for it: granted after
+#: the switch interval (5 ms by default).  While an interrupt waits for its re-check, the
+#: interval is lowered to this, then put back (unless someone else changed it meanwhile).
+QUICK_SWITCH_S = 0.0002
+_quick_holders: set[int] = set()
+_saved_switch: float | None = None
+
+
+def _quick_switch(holder: object, want: bool) -> None:
+    global _saved_switch
+    if sys.version_info >= (3, 13):
+        return
+    if want:
+        if not _quick_holders and sys.getswitchinterval() > QUICK_SWITCH_S:
+            _saved_switch = sys.getswitchinterval()
+            sys.setswitchinterval(QUICK_SWITCH_S)
+        _quick_holders.add(id(holder))
+        return
+    if id(holder) not in _quick_holders:
+        return
+    _quick_holders.discard(id(holder))
+    if not _quick_holders:
+        _put_back_switch()
+
+
+def _put_back_switch() -> None:
+    global _saved_switch
+    if _saved_switch is not None:
+        if abs(sys.getswitchinterval() - QUICK_SWITCH_S) < 1e-9:
+            sys.setswitchinterval(_saved_switch)
+        _saved_switch = None
+
+
+def _fork_child() -> None:
+    """A forked child's bridges are gone: so are their re-checks."""
+    _quick_holders.clear()
+    _put_back_switch()
+
+
+_owner.on_fork_child(_fork_child)
 
 
 def can_raise_in(frame: FrameType | None, task: asyncio.Task[Any]) -> bool:
@@ -155,6 +201,7 @@ class Interrupts:
                 continue
             hot.append((rec, cpu0, calls0, min(wait * 2, RETRY_MAX_NS)))
         self._hot = hot
+        _quick_switch(self, bool(hot))
         if hot:
             rec, _, _, wait = hot[0]
             lib.sb_retrip_at(rec.signum, monotonic_ns() + wait)
@@ -213,6 +260,9 @@ class Interrupts:
         for rec in list(self.undecided):
             if rec.decide(closing=closing):
                 self.undecided.discard(rec)
+        if closing:
+            self._hot = []
+            _quick_switch(self, False)
         if closing and self._timer is not None:
             self._timer.cancel()
             self._timer = None
