@@ -45,6 +45,8 @@ from ._receiver import SignalReceiver as SignalReceiver
 from ._receiver import open_receiver as open_receiver
 from ._runner import run as run
 from ._senders import Senders as Senders
+from ._waiting import open_signal_receiver as open_signal_receiver
+from ._waiting import wait_for_signal as wait_for_signal
 
 __version__ = "0.1.0"
 
@@ -69,6 +71,8 @@ __all__ = (
     "enable_task_dump",
     "get_bridge",
     "open_receiver",
+    "open_signal_receiver",
     "run",
     "sigqueue",
+    "wait_for_signal",
 )

@@ -37,6 +37,10 @@ class SignalReceiver:
         self._state = "new"  # "open", "closed"
 
     async def __aenter__(self) -> SignalReceiver:
+        self._open()
+        return self
+
+    def _open(self) -> None:
         if self._state != "new":
             msg = "a SignalReceiver can be entered once; call open_receiver() again"
             raise RuntimeError(msg)
@@ -44,7 +48,6 @@ class SignalReceiver:
         bridge._add_receiver(self)
         self._bridge = bridge
         self._state = "open"
-        return self
 
     async def __aexit__(
         self,
