@@ -45,6 +45,7 @@ from ._receiver import SignalReceiver as SignalReceiver
 from ._receiver import open_receiver as open_receiver
 from ._runner import run as run
 from ._senders import Senders as Senders
+from ._systemd import notify as notify
 from ._waiting import open_signal_receiver as open_signal_receiver
 from ._waiting import wait_for_signal as wait_for_signal
 
@@ -70,6 +71,7 @@ __all__ = (
     "add_handler",
     "enable_task_dump",
     "get_bridge",
+    "notify",
     "open_receiver",
     "open_signal_receiver",
     "run",

@@ -402,6 +402,8 @@ class FailureChain:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: Told of every failure first (run()'s reload notifications).
+        self.observers: list[Callable[[HandlerLike, SignalEvent, BaseException], None]] = []
 
     def failed(
         self,
@@ -411,6 +413,8 @@ class FailureChain:
         interruptions: list[Interruption] | None = None,
     ) -> None:
         add_note(exc, describe(h, ev))
+        for observe in self.observers:
+            observe(h, ev, exc)
         if interruptions:
             for rec in interruptions:
                 rec.failed(h, exc)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any, NamedTuple
 
-from ._clib import CLD_CODES, RECORD, SI_QUEUE, SIGNALS, VALUE_CODES, check, lib, signal_name
+from ._clib import (
+    CLD_CODES,
+    RECORD,
+    SI_QUEUE,
+    SI_UNKNOWN,
+    SIGNALS,
+    VALUE_CODES,
+    check,
+    lib,
+    signal_name,
+)
 
 
 class SignalEvent(NamedTuple):
@@ -61,6 +72,41 @@ class SignalEvent(NamedTuple):
     def age_ns(self) -> int:
         """Nanoseconds since the C handler recorded this event."""
         return time.monotonic_ns() - self.timestamp_ns
+
+    def sender_name(self) -> str | None:
+        """The sender's command name ("who killed my service?"): ``/proc/<pid>/comm``
+        (``systemd``, ``kill``, ``containerd-shim``), read now, when asked.
+
+        ``None`` when there is no sender process to name: the kernel sent it (``pid``
+        0: a timer, a child's exit, ``SI_KERNEL``), the delivery came without a siginfo
+        (``SI_UNKNOWN``), the sender has exited since, or the system has no ``/proc``
+        (then `psutil <https://pypi.org/project/psutil/>`_ is asked, if installed).
+        A pid may be reused once its process is gone: read it soon after delivery.
+        """
+        if self.pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/comm", encoding="utf-8", errors="replace") as f:
+                return f.read().rstrip("\n") or None
+        except FileNotFoundError:
+            if os.path.isdir("/proc/self"):
+                return None  # gone
+        except OSError:
+            return None
+        try:  # no /proc (macOS)
+            import psutil  # type: ignore[import-untyped]
+
+            return str(psutil.Process(self.pid).name())
+        except Exception:
+            return None
+
+    def describe(self) -> str:
+        """``"SIGTERM from pid 1 (systemd), uid 0"``: for logs (the name read now)."""
+        if self.pid <= 0 and self.code == SI_UNKNOWN:
+            return f"{self.name} (sender unknown)"
+        name = self.sender_name()
+        who = f"pid {self.pid} ({name})" if name else f"pid {self.pid}"
+        return f"{self.name} from {who}, uid {self.uid}"
 
 
 _SIGNALS = SIGNALS

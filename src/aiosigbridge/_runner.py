@@ -49,6 +49,7 @@ def run(
     main: Coroutine[Any, Any, T],
     *,
     shutdown_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    reload_signals: tuple[int, ...] = (),
     grace: float = 10.0,
     handler_timeout: float = 5.0,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
@@ -86,7 +87,18 @@ def run(
       process once run() is done (its original action then applies: SIG_DFL ends the
       process), since a ``SystemExit`` there would only end the thread.
 
+    * Under systemd (``$NOTIFY_SOCKET`` set; call :func:`notify` ``("READY=1")`` once
+      the service is ready): ``STOPPING=1`` and ``EXTEND_TIMEOUT_USEC=`` (the grace) on
+      the first shutdown signal; ``RELOADING=1`` with ``MONOTONIC_USEC=`` on a reload
+      signal before its handlers run, ``READY=1`` once all of them (async too) have
+      finished, with ``STATUS=`` naming a handler that failed (``Type=notify-reload``);
+      ``WATCHDOG=1`` from the loop every ``WATCHDOG_USEC / 2`` when systemd asks for it.
+      Each shutdown and reload signal is logged (``logging.getLogger("aiosigbridge")``,
+      INFO) with its sender: "SIGTERM from pid 1 (systemd), uid 0".
+
     :param shutdown_signals: the signals that shut down (may be empty).
+    :param reload_signals: signals whose handlers reload the service (add them with
+        :func:`add_handler`); systemd is told when a reload starts and ends.
     :param grace: seconds from the first shutdown signal to the forced end.
     :param handler_timeout: seconds the shutdown signal's handlers may go on after
         main ended; one still running then is cancelled and reported as TimeoutError.
@@ -113,6 +125,14 @@ def run(
             )
             raise ValueError(msg)
         signums = tuple(dict.fromkeys(validate_signal(s) for s in shutdown_signals))
+        reloads = tuple(dict.fromkeys(validate_signal(s) for s in reload_signals))
+        both = sorted(set(signums) & set(reloads))
+        if both:
+            msg = (
+                f"{', '.join(signal_name(s) for s in both)} cannot both shut down and "
+                "reload: take it out of shutdown_signals or reload_signals"
+            )
+            raise ValueError(msg)
         if asyncio._get_running_loop() is not None:
             msg = "aiosigbridge.run() cannot be called from a running event loop; await main"
             raise RuntimeError(msg)
@@ -134,6 +154,7 @@ def run(
     if debug is not None:
         loop.set_debug(debug)
     shutdown = Shutdown(loop, signums, float(grace), float(handler_timeout))
+    shutdown.reload_signals = reloads
     outcome: BaseException | None = None
     try:
         task = loop.create_task(shutdown.guard(main))

@@ -26,6 +26,7 @@ from ._diagnostics import dump_tasks
 from ._event import SignalEvent
 from ._handlers import HandlerHandle
 from ._loops import get_bridge
+from ._systemd import ServiceManager
 from ._watcher import SignalThread
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10
@@ -58,6 +59,8 @@ class Shutdown:
         self._watchdog: SignalThread | None = None
         self._armed: list[int] = []
         self._handles: list[HandlerHandle] = []
+        self.reload_signals: tuple[int, ...] = ()
+        self.service = ServiceManager(loop)
 
     # -- in the loop ----------------------------------------------------------------------
 
@@ -78,6 +81,7 @@ class Shutdown:
             # ends the process; cancelling the cleanup again would race with it.
             h._once = True
             self._handles.append(h)
+        self.service.start(bridge, self.reload_signals)
         if self.signums:
             self._start_watchdog()
         try:
@@ -98,13 +102,8 @@ class Shutdown:
             if self.signal is not None:
                 return
             self.signal = sig
-        logger.info(
-            "aiosigbridge.run(): %s from pid %d, uid %d: shutting down (grace %g s)",
-            ev.name,
-            ev.pid,
-            ev.uid,
-            self.grace,
-        )
+        logger.info("aiosigbridge.run(): %s: shutting down (grace %g s)", ev.describe(), self.grace)
+        self.service.stopping(self.grace)
 
     async def _settle(self) -> None:
         """Give the shutdown signal's handlers time to finish (handler_timeout, within
@@ -246,6 +245,7 @@ class Shutdown:
             os._exit(128 + sig)
 
     def close(self) -> None:
+        self.service.close()
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None
