@@ -191,6 +191,10 @@ int sb_bridged(int sig, uintptr_t box)
     }
     if (getpid() != atomic_load(&g_owner_pid))
         return SB_B_FORK;
+    if (atomic_load(&sbo_fork_holder) == (uintptr_t)pthread_self()) {
+        sbo_deferred |= sbo_bit_of(sig); /* in os.fork()'s window: after it (sb_fork_parent) */
+        return SB_B_DEFER;
+    }
     sb_change c;
     if (sbo_change_begin(&c, box) != 0)
         return SB_B_DEFER;
@@ -376,13 +380,26 @@ int sb_fork_prepare(void)
     pthread_mutex_lock(&sbo_lock);
     sb_storage_fork_lock(1); /* no slot half freed either (sb_slot_release) */
     sbo_fork_locked = 1;
+    /* Until after_in_parent the lock is ours: other at-fork hooks run in between, and a
+     * Python-level signal handler may run in them (BRIDGED): it must not wait for the
+     * lock this thread holds.  It is deferred, and tripped again below. */
+    atomic_store(&sbo_fork_holder, (uintptr_t)pthread_self());
     return 0;
 }
 
 void sb_fork_parent(void)
 {
     if (sbo_fork_locked) {
+        atomic_store(&sbo_fork_holder, 0);
         sbo_fork_locked = 0;
+        uint64_t deferred = sbo_deferred;
+        sbo_deferred = 0;
+        for (int sig = 1; sig < SB_NSIG; sig++) {
+            /* BRIDGED calls that came in the window: again, now that the lock is free
+             * (BRIDGED is in the table: a callable, so the trip is safe). */
+            if ((deferred & sbo_bit_of(sig)) && sbo_own[sig].held && sbo_own[sig].table_bridged)
+                PyErr_SetInterruptEx(sig);
+        }
         sb_storage_fork_lock(0);
         pthread_mutex_unlock(&sbo_lock);
     }
@@ -395,6 +412,7 @@ void sb_owner_after_fork_child(void)
     sbo_lock = fresh;
     sbo_timer_after_fork_child();
     sbo_fork_locked = 0;
+    atomic_store(&sbo_fork_holder, 0);
     atomic_store(&sbo_changer, 0);
     atomic_store(&g_hold, 0);
     sbo_deferred = 0;

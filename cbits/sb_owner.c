@@ -56,6 +56,7 @@ sb_own sbo_own[SB_NSIG];
 pthread_mutex_t sbo_lock = PTHREAD_MUTEX_INITIALIZER;
 _Atomic uintptr_t sbo_changer;
 int sbo_fork_locked;
+_Atomic uintptr_t sbo_fork_holder;
 uint64_t sbo_deferred;
 PyObject *sbo_bridged, *sbo_signal_fn, *sbo_getsignal_fn, *sbo_sig_dfl;
 uintptr_t sbo_py_handler;

@@ -51,6 +51,7 @@ extern sb_own sbo_own[SB_NSIG];
 extern pthread_mutex_t sbo_lock;
 extern _Atomic uintptr_t sbo_changer; /* the thread inside a change, 0 if none */
 extern int sbo_fork_locked;
+extern _Atomic uintptr_t sbo_fork_holder; /* the thread in os.fork()'s window, 0 if none */
 extern uint64_t sbo_deferred; /* BRIDGED calls that came during a change (changer only) */
 extern PyObject *sbo_bridged, *sbo_signal_fn, *sbo_getsignal_fn, *sbo_sig_dfl;
 extern uintptr_t sbo_py_handler; /* CPython's own C handler, once seen */

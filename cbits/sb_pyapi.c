@@ -141,6 +141,8 @@ int sbo_change_begin(sb_change *c, uintptr_t box)
     uintptr_t self = (uintptr_t)pthread_self();
     if (atomic_load(&sbo_changer) == self)
         return -EDEADLK; /* called back from inside a change (a Python-level handler) */
+    if (atomic_load(&sbo_fork_holder) == self)
+        return -EDEADLK; /* inside os.fork()'s window (another at-fork hook, a handler) */
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &c->mask);

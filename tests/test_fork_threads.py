@@ -495,3 +495,57 @@ def test_owed_table_restore_is_not_a_delivery(loop: str) -> None:
         loop=loop,
     )
     assert _lines(proc)[-1].startswith("only the sent one True"), proc.stdout
+
+
+# -- a signal inside os.fork()'s window ------------------------------------------------
+
+FORK_WINDOW = """
+import asyncio, os, signal, sys
+import uvloop
+kind, window = sys.argv[1], sys.argv[2]
+
+def hook():
+    os.kill(os.getpid(), signal.SIGUSR1)  # a signal arrives inside the window
+    x = 0
+    for i in range(1000):  # Python code: the signal's Python-level handler runs here
+        x += i
+
+if window == "before":
+    os.register_at_fork(before=hook)  # registered first: runs after the bridge's own
+else:
+    os.register_at_fork(after_in_parent=hook)  # runs before the bridge's own
+import aiosigbridge as asb
+got = []
+
+async def main():
+    # The main thread's loop: Python's table holds BRIDGED (stock loop: the dispatch from
+    # select(); uvloop: the interrupt).
+    other = asyncio.ensure_future(asyncio.sleep(60))
+    asb.add_handler(signal.SIGUSR1, got.append, interrupt=other if kind == "uvloop" else False)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    while not got:
+        await asyncio.sleep(0.001)
+    print("events", len(got), got[0].pid == os.getpid(), flush=True)
+
+(uvloop.run if kind == "uvloop" else asyncio.run)(main())
+"""
+
+
+@pytest.mark.parametrize("window", ["before", "after"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_signal_inside_the_fork_window_neither_hangs_nor_is_lost(loop: str, window: str) -> None:
+    """A Python-level handler that runs between the bridge's at-fork hooks (in another
+    library's hook) is deferred, not blocked on the owner's lock: fork returns and the
+    delivery is dispatched."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_WINDOW, loop, window],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["events", "1", "True"], proc.stdout + proc.stderr
