@@ -12,8 +12,9 @@
  *     (pid, uid, kind of si_code), each with a delivery count: deliveries of the same
  *     sender coalesce into its event as the kernel would coalesce them; a new sender gets
  *     an event of its own, so a sender filter never loses an accepted sender's signal
- *     because a refused one sent it first.  Past SB_STD_SENDERS senders at once, the last
- *     event takes the rest.  The events of one signal live in one of two banks: producers
+ *     because a refused one sent it first.  Past SB_STD_SENDERS senders at once, the
+ *     rest go to one more event that names no sender (SB_SI_MIXED: every filter takes
+ *     it, rather than lose an accepted sender's delivery).  The events of one signal live in one of two banks: producers
  *     write the current bank (a busy count per bank tells the drain they are there); the
  *     drain switches the bank, waits for the producers still in the old one (a few
  *     instructions each: they run in a signal handler, never blocked) and then owns it.
@@ -69,7 +70,7 @@ typedef struct {
     _Atomic uint64_t std_pending; /* bit (sig - 1): a standard event may wait */
     _Atomic int bank[SB_NSIG];
     _Atomic uint32_t bank_busy[2][SB_NSIG];
-    sb_std_entry std[2][SB_NSIG][SB_STD_SENDERS];
+    sb_std_entry std[2][SB_NSIG][SB_STD_SENDERS + 1]; /* the last: several senders */
     _Atomic uint64_t received[SB_NSIG];
     _Atomic uint64_t overflowed[SB_NSIG];
     _Atomic uint64_t coalesced[SB_NSIG];
@@ -111,6 +112,9 @@ static void fill_record(sb_record *r, int sig, const siginfo_t *info, int64_t ts
 }
 
 /* Who sent it, as one non-zero word: kind of si_code (user / kernel / unknown), pid, uid. */
+/* Not a sender_key() (kind 3): the entry of several senders. */
+#define SB_MIXED_KEY (((uint64_t)1 << 63) | ((uint64_t)3 << 61))
+
 static uint64_t sender_key(const sb_record *r)
 {
     uint64_t kind = r->code == SB_SI_UNKNOWN ? 2 : (is_user_code(r->code) ? 0 : 1);
@@ -183,9 +187,23 @@ static int std_push(sb_slot *s, int sig, const sb_record *rec)
             break;
         }
     }
-    if (i == SB_STD_SENDERS) { /* every entry has another sender: the last takes it */
-        atomic_fetch_add(&e[SB_STD_SENDERS - 1].count, 1);
-        atomic_fetch_add_explicit(&s->coalesced[sig], 1, memory_order_relaxed);
+    if (i == SB_STD_SENDERS) {
+        /* Every entry has another sender: the "several senders" entry takes it, with no
+         * sender's identity (a filter must not judge them all by one of them). */
+        sb_std_entry *m = &e[SB_STD_SENDERS];
+        uint64_t k = 0;
+        if (atomic_compare_exchange_strong(&m->key, &k, SB_MIXED_KEY)) {
+            m->info = *rec;
+            m->info.code = SB_SI_MIXED;
+            m->info.pid = 0;
+            m->info.uid = 0;
+            m->info.status = 0;
+            m->info.value = 0;
+            atomic_fetch_add(&m->count, 1);
+        } else {
+            atomic_fetch_add(&m->count, 1);
+            atomic_fetch_add_explicit(&s->coalesced[sig], 1, memory_order_relaxed);
+        }
     }
     atomic_fetch_or(&s->std_pending, (uint64_t)1 << (sig - 1));
     atomic_fetch_sub(&s->bank_busy[b][sig], 1);
@@ -398,7 +416,7 @@ static int take_std(sb_slot *s, int sig, sb_record *out)
     }
     int n = 0;
     sb_std_entry *e = s->std[b][sig];
-    for (int i = 0; i < SB_STD_SENDERS; i++) {
+    for (int i = 0; i <= SB_STD_SENDERS; i++) {
         if (atomic_load(&e[i].key) == 0)
             continue;
         out[n] = e[i].info;

@@ -19,14 +19,18 @@
 #define SB_MAX_CAPACITY (1u << 20)
 /* Distinct senders of one standard signal kept apart while their events wait. */
 #define SB_STD_SENDERS 4
-/* Records a drain may return beyond the ring's: the standard signals' events. */
-#define SB_STD_RESERVE (SB_STD_SENDERS * SB_NSIG)
+/* Records a drain may return beyond the ring's: the standard signals' events (the
+ * distinct senders' and one of "several senders" each). */
+#define SB_STD_RESERVE ((SB_STD_SENDERS + 1) * SB_NSIG)
 
 /* si_code values that are not on every platform (SB_SI_NONE where absent). */
 #define SB_SI_NONE 0x7fffffff
 /* A delivery that reached the bridge without a siginfo (CPython's own C handler ran
  * instead of ours, or ours was installed without SA_SIGINFO): the sender is unknown. */
 #define SB_SI_UNKNOWN 0x7ffffffe
+/* An event of a standard signal standing for deliveries of more senders than
+ * SB_STD_SENDERS at once (the ones past them): pid and uid 0, the senders unknown. */
+#define SB_SI_MIXED 0x7ffffffd
 #ifdef SI_KERNEL
 #define SB_SI_KERNEL SI_KERNEL
 #else

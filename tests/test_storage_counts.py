@@ -193,6 +193,47 @@ async def test_refused_sender_then_accepted_sender_are_kept_apart() -> None:
         os.close(go_w)
 
 
+async def test_accepted_sender_past_the_fourth_is_not_lost() -> None:
+    """Six senders of SIGUSR1 before a drain, the accepted one last: the four first keep
+    their own events, the rest make one SI_MIXED event, which the filter accepts."""
+    bridge = asb.get_bridge()
+    pipes = [os.pipe() for _ in range(5)]
+    try:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                f"import os, signal; os.read({r}, 1); os.kill(os.getppid(), signal.SIGUSR1)",
+                pass_fds=(r,),
+            )
+            for r, _ in pipes
+        ]
+        accepted = Collector()
+        last = procs[-1].pid
+        bridge.add_handler(signal.SIGUSR1, accepted, senders=asb.Senders(pids={last}))
+        # No await from here until all six are stored: the loop cannot drain in between.
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for n, (_, w) in enumerate(pipes, start=2):
+            os.write(w, b"x")  # one sender at a time, in this order
+            deadline = time.monotonic() + TIMEOUT
+            while bridge.stats()[signal.SIGUSR1].received < n and time.monotonic() < deadline:
+                pass
+            assert bridge.stats()[signal.SIGUSR1].received == n
+        (ev,) = await accepted.wait(1)
+        assert (ev.code, ev.pid, ev.uid) == (asb.SI_MIXED, 0, 0)
+        assert ev.coalesced == 2  # the fifth and sixth senders
+        for p in procs:
+            assert await asyncio.wait_for(p.wait(), TIMEOUT) == 0
+        st = bridge.stats()[signal.SIGUSR1]
+        assert (st.received, st.coalesced, st.delivered) == (6, 1, 1), st
+        assert (st.filtered, st.unclaimed) == (4, 4), st
+        _identity(st)
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
 @pytest.mark.skipif(sys.byteorder != "little", reason="sival_int is the low half here")
 async def test_value_of_a_sender_filling_only_sival_int() -> None:
     """A sender filling only sival_int (garbage upper half) gives ev.value == that int."""

@@ -27,6 +27,7 @@ from ._bridge import SignalBridge as SignalBridge
 from ._clib import CLD_CODES as CLD_CODES
 from ._clib import DEFAULT_CAPACITY as DEFAULT_CAPACITY
 from ._clib import SI_KERNEL as SI_KERNEL
+from ._clib import SI_MIXED as SI_MIXED
 from ._clib import SI_QUEUE as SI_QUEUE
 from ._clib import SI_TKILL as SI_TKILL
 from ._clib import SI_UNKNOWN as SI_UNKNOWN
@@ -56,6 +57,7 @@ __all__ = (
     "CLD_CODES",
     "DEFAULT_CAPACITY",
     "SI_KERNEL",
+    "SI_MIXED",
     "SI_QUEUE",
     "SI_TKILL",
     "SI_UNKNOWN",

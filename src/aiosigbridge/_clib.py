@@ -31,6 +31,7 @@ SI_QUEUE: int = lib.SI_QUEUE
 SI_KERNEL: int | None = None if lib.SB_SI_KERNEL == lib.SB_SI_NONE else lib.SB_SI_KERNEL
 SI_TKILL: int | None = None if lib.SB_SI_TKILL == lib.SB_SI_NONE else lib.SB_SI_TKILL
 SI_UNKNOWN: int = lib.SB_SI_UNKNOWN
+SI_MIXED: int = lib.SB_SI_MIXED
 #: si_codes whose si_value carries the sender's value (POSIX: sigqueue, timers, mqueues, AIO).
 VALUE_CODES = frozenset((lib.SI_QUEUE, lib.SI_TIMER, lib.SI_MESGQ, lib.SI_ASYNCIO))
 CLD_CODES = frozenset(

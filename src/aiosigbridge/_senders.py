@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ._clib import SI_QUEUE, SI_TKILL, SI_UNKNOWN, SI_USER
+from ._clib import SI_MIXED, SI_QUEUE, SI_TKILL, SI_UNKNOWN, SI_USER
 from ._event import SignalEvent
 
 _USER_CODES = frozenset(c for c in (SI_USER, SI_QUEUE, SI_TKILL) if c is not None)
@@ -43,6 +43,11 @@ class Senders:
       ``si_code`` other than ``SI_USER``/``SI_QUEUE``/``SI_TKILL``);
     * ``parent``: the sender is this process's parent (``os.getppid()`` at delivery);
     * ``this_process``: the process sent it to itself.
+
+    Two events have no single sender to judge: ``SI_UNKNOWN`` (no siginfo reached the
+    bridge) is refused by every filter; ``SI_MIXED`` (a standard signal sent by more than
+    four processes while its events waited, the senders past the fourth folded into one
+    event) is accepted by every filter, rather than lose an accepted sender's delivery.
     """
 
     uids: frozenset[int] = field(default_factory=frozenset)
@@ -62,10 +67,12 @@ class Senders:
             raise ValueError(msg)
 
     def accepts(self, ev: SignalEvent) -> bool:
-        """True when ``ev`` comes from an accepted sender.  A delivery whose sender is
-        unknown (``SI_UNKNOWN``) is accepted by no filter."""
+        """True when ``ev`` comes from an accepted sender (``SI_UNKNOWN``: never;
+        ``SI_MIXED``: always, see the class docstring)."""
         if ev.code == SI_UNKNOWN:
             return False
+        if ev.code == SI_MIXED:
+            return True
         user_sent = ev.code in _USER_CODES
         if self.kernel and not user_sent:
             return True
