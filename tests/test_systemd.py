@@ -76,10 +76,15 @@ def test_notify_without_systemd_returns_false(monkeypatch: pytest.MonkeyPatch) -
     assert asb.notify("READY=1") is False
 
 
-@pytest.mark.parametrize("bad", [(), ("READY",), ("A=1\nB=2",), ("=1",)])
+@pytest.mark.parametrize("bad", [(), ("READY",), ("A=1\nB=2",), ("=1",), ("STATUS=a\0b",)])
 def test_notify_refuses_malformed_fields(bad: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="KEY=VALUE"):
         asb.notify(*bad)
+
+
+def test_notify_takes_str_fields_only() -> None:
+    with pytest.raises(TypeError, match="bytes"):
+        asb.notify(b"READY=1")  # type: ignore[arg-type]
 
 
 def test_notify_to_a_dead_socket_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +149,76 @@ def test_failed_reload_handler_is_named_in_status(systemd: Systemd, loop: str) -
     assert "reload_config" in status[0]
     assert "bad config line 3" in status[0]
     child.kill(TERM)
+    rc, _, _ = child.finish()
+    assert rc == 128 + TERM
+
+
+OVERLAPPING = """
+policy = sys.argv[2]
+async def main():
+    async def reload_config(ev):
+        asb.notify("STATUS=reload started")
+        await asyncio.sleep(0.3)
+        asb.notify("STATUS=reload finished")
+    asb.add_handler(signal.SIGHUP, reload_config, policy=policy)
+    asb.notify("READY=1")
+    await asyncio.sleep(60)
+asb.run(main(), reload_signals=(signal.SIGHUP,), loop_factory=FACTORY)
+"""
+
+
+@pytest.mark.parametrize("policy", ["serial", "concurrent", "latest"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_overlapping_reloads_are_ready_after_the_last(
+    systemd: Systemd, loop: str, policy: str
+) -> None:
+    """A second SIGHUP while the first reload runs: READY=1 comes once, after every
+    run (queued, concurrent or superseding) has ended."""
+    child = Child(OVERLAPPING, loop, policy)
+    assert systemd.next() == ["READY=1"]
+    child.kill_delivered(HUP)
+    assert systemd.next()[0] == "RELOADING=1"
+    assert systemd.next() == ["STATUS=reload started"]
+    child.kill_delivered(HUP)  # while the first run sleeps
+    got = systemd.until("READY=1")
+    flat = [fields[0] for fields in got]
+    assert flat.count("READY=1") == 1
+    assert flat[-1] == "READY=1"
+    assert "RELOADING=1" in flat
+    if policy != "latest":  # a superseded run is cancelled: it never says finished
+        assert flat[-2] == "STATUS=reload finished"
+        assert flat.count("STATUS=reload finished") == 2
+    child.kill(TERM)
+    rc, _, _ = child.finish()
+    assert rc == 128 + TERM
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_reload_during_the_drain_is_not_announced(systemd: Systemd, loop: str) -> None:
+    """After STOPPING=1 a reload signal still runs its handlers, but systemd hears no
+    RELOADING=1 / READY=1 any more."""
+    child = Child(
+        """
+        async def main():
+            asb.add_handler(signal.SIGHUP, lambda ev: say("RELOAD HANDLER"))
+            try:
+                say("READY")
+                await asyncio.sleep(60)
+            finally:
+                say("DRAINING")
+                await asyncio.sleep(0.5)
+                asb.notify("STATUS=drained")
+        asb.run(main(), reload_signals=(signal.SIGHUP,), loop_factory=FACTORY)
+        """,
+        loop,
+    )
+    child.expect("READY")
+    child.kill(TERM)
+    assert systemd.next()[0] == "STOPPING=1"
+    child.expect("DRAINING")
+    child.kill(HUP)
+    child.expect("RELOAD HANDLER")
+    assert systemd.next() == ["STATUS=drained"]  # nothing about the reload before it
     rc, _, _ = child.finish()
     assert rc == 128 + TERM
 
@@ -223,6 +298,31 @@ async def test_sender_name_of_a_live_sender_and_of_a_gone_one() -> None:
         assert ev.sender_name() is None
     finally:
         h.remove()
+
+
+def test_sender_name_of_an_unreaped_sender_is_none() -> None:
+    """A sender that exited but was not waited for (a zombie) is gone: no name."""
+
+    async def receive() -> tuple[asb.SignalEvent, subprocess.Popen[bytes]]:
+        got: asyncio.Future[asb.SignalEvent] = asyncio.get_running_loop().create_future()
+        h = asb.add_handler(signal.SIGUSR1, lambda ev: got.done() or got.set_result(ev))
+        try:
+            # Popen, not asyncio's: nothing reaps it until wait() below.
+            proc = subprocess.Popen(["kill", "-USR1", str(os.getpid())])  # noqa: ASYNC220
+            return await asyncio.wait_for(got, 5), proc
+        finally:
+            h.remove()
+
+    ev, proc = asyncio.run(receive())
+    try:
+        stat = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 5
+        while stat.read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the sender never exited"
+        assert ev.pid == proc.pid
+        assert ev.sender_name() is None
+    finally:
+        proc.wait()
 
 
 async def test_sender_name_of_the_kernel_is_none() -> None:

@@ -79,13 +79,17 @@ class SignalEvent(NamedTuple):
 
         ``None`` when there is no sender process to name: the kernel sent it (``pid``
         0: a timer, a child's exit, ``SI_KERNEL``), the delivery came without a siginfo
-        (``SI_UNKNOWN``), the sender has exited since, or the system has no ``/proc``
+        (``SI_UNKNOWN``), the sender has exited since (a zombie too), or the system has
+        no ``/proc``
         (then `psutil <https://pypi.org/project/psutil/>`_ is asked, if installed).
         A pid may be reused once its process is gone: read it soon after delivery.
         """
         if self.pid <= 0:
             return None
         try:
+            with open(f"/proc/{self.pid}/stat", encoding="utf-8", errors="replace") as f:
+                if f.read().rpartition(")")[2].split()[:1] == ["Z"]:
+                    return None  # exited, not yet reaped by its parent
             with open(f"/proc/{self.pid}/comm", encoding="utf-8", errors="replace") as f:
                 return f.read().rstrip("\n") or None
         except FileNotFoundError:

@@ -57,8 +57,14 @@ def notify(*fields: str) -> bool:
         msg = 'notify() needs at least one "KEY=VALUE" field, e.g. notify("READY=1")'
         raise ValueError(msg)
     for f in fields:
-        if not isinstance(f, str) or "=" not in f or "\n" in f or f.startswith("="):
-            msg = f'notify() fields are "KEY=VALUE" strings on one line each, got {f!r}'
+        if not isinstance(f, str):
+            msg = f'notify() fields are str ("KEY=VALUE"), got {type(f).__name__}: {f!r}'
+            raise TypeError(msg)
+        if "=" not in f or "\n" in f or "\0" in f or f.startswith("="):
+            msg = (
+                f'notify() fields are "KEY=VALUE" strings on one line each, without NUL '
+                f"(systemd drops such a message), got {f!r}"
+            )
             raise ValueError(msg)
     addr = _address()
     if addr is None:
@@ -68,12 +74,26 @@ def notify(*fields: str) -> bool:
     return True
 
 
+_last_failure: list[str] = []  # the last failure logged as a warning (one per kind)
+
+
 def _quiet(*fields: str) -> None:
-    """notify() for run()'s own messages: a failure is logged, never raised."""
+    """notify() for run()'s own messages: a failure is logged (a warning the first time
+    it happens, then at debug level until a send succeeds), never raised."""
     try:
         notify(*fields)
     except OSError as exc:
-        logger.warning("aiosigbridge: sd_notify(%s) failed: %s", ", ".join(fields), exc)
+        what = f"{type(exc).__name__}: {exc}"
+        level = logging.DEBUG if _last_failure == [what] else logging.WARNING
+        _last_failure[:] = [what]
+        logger.log(level, "aiosigbridge: sd_notify(%s) failed: %s", ", ".join(fields), exc)
+    else:
+        _last_failure.clear()
+
+
+#: The shortest interval between WATCHDOG=1 pings (a WATCHDOG_USEC of a few µs would
+#: otherwise keep the loop busy pinging).
+WATCHDOG_MIN_S = 0.01
 
 
 def _watchdog_interval() -> float | None:
@@ -93,7 +113,13 @@ def _watchdog_interval() -> float | None:
 
 
 class ServiceManager:
-    """run()'s side of the notify protocol (inert when not under systemd)."""
+    """run()'s side of the notify protocol (inert when not under systemd).
+
+    Reloads may overlap (a second SIGHUP while the first one's handlers run, queued by
+    ``policy="serial"`` or superseding with ``"latest"``): READY=1 is sent once no
+    handler of a reload signal is running or queued any more, after the latest
+    RELOADING=1, with the failures of every reload since the last READY=1.  Once
+    STOPPING=1 was sent, reloads are not announced (the handlers still run)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -101,10 +127,15 @@ class ServiceManager:
         self._watchdog: asyncio.TimerHandle | None = None
         self._bridge: SignalBridge | None = None
         self._reload_handles: list[HandlerHandle] = []
-        self._failures: dict[int, list[str]] = {}  # id(event) -> failed handler names
+        self._reload_signals: frozenset[int] = frozenset()
+        self._reloads = 0  # reloads announced since the last READY=1
+        self._failed: list[str] = []  # their failed handlers
+        self._waiting: asyncio.Future[None] | None = None
+        self._stopping = False
 
     def start(self, bridge: SignalBridge, reload_signals: tuple[int, ...]) -> None:
         self._bridge = bridge
+        self._reload_signals = frozenset(reload_signals)
         for sig in reload_signals:
             # First registered: runs before the application's handlers of the signal.
             self._reload_handles.append(bridge.add_handler(sig, self._on_reload))
@@ -112,13 +143,14 @@ class ServiceManager:
             bridge.chain.observers.append(self._on_failure)
         interval = _watchdog_interval()
         if interval is not None:
-            self._ping(interval)
+            self._ping(max(interval, WATCHDOG_MIN_S))
 
     def _ping(self, interval: float) -> None:
         _quiet("WATCHDOG=1")
         self._watchdog = self.loop.call_later(interval, self._ping, interval)
 
     def stopping(self, grace: float) -> None:
+        self._stopping = True
         if self.enabled:
             _quiet("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int((grace + 1) * 1e6)}")
 
@@ -126,42 +158,54 @@ class ServiceManager:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._waiting is not None:
+            self._waiting.cancel()
+            self._waiting = None
 
     # -- reloads -------------------------------------------------------------------------
 
     def _on_reload(self, ev: SignalEvent) -> None:
         logger.info("aiosigbridge.run(): %s: reloading", ev.describe())
+        if self._stopping:
+            return  # shutting down: systemd is not told of a reload any more
         if self.enabled:
             _quiet("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        self._failures[id(ev)] = []
-        # After this dispatch: every handler of the event has run or started.
-        self.loop.call_soon(self._track, ev)
+        self._reloads += 1
+        if self._waiting is None or self._waiting.done():
+            # After this dispatch: every handler of the event has run or started.
+            self._waiting = asyncio.ensure_future(self._until_quiet(), loop=self.loop)
+            self._waiting.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _on_failure(self, h: Any, ev: SignalEvent, exc: BaseException) -> None:
-        names = self._failures.get(id(ev))
-        if names is not None:
-            names.append(f"{h.name}: {type(exc).__name__}: {exc}")
+        if int(ev.signum) in self._reload_signals and self._reloads:
+            self._failed.append(f"{h.name}: {type(exc).__name__}: {exc}")
 
-    def _track(self, ev: SignalEvent) -> None:
+    def _busy(self) -> list[asyncio.Task[Any]]:
+        """Runs of the reload signals' handlers (ours aside) still going, or None-like
+        [] when none runs and none is queued."""
         mine = {id(h) for h in self._reload_handles}
         tasks: list[asyncio.Task[Any]] = []
+        queued = False
         if self._bridge is not None:
-            for h in self._bridge._handlers.get(int(ev.signum), ()):
-                if id(h) not in mine:
-                    tasks.extend(t for t in h.running if not t.done())
-        done = asyncio.ensure_future(self._finish(ev, tasks), loop=self.loop)
-        done.add_done_callback(lambda t: t.cancelled() or t.exception())
+            for sig in self._reload_signals:
+                for h in self._bridge._handlers.get(sig, ()):
+                    if id(h) not in mine:
+                        tasks.extend(t for t in h.running if not t.done())
+                        queued = queued or bool(h.pending)
+        if queued and not tasks:  # a queued run starts when one ends: look again soon
+            tasks.append(asyncio.ensure_future(asyncio.sleep(0), loop=self.loop))
+        return tasks
 
-    async def _finish(self, ev: SignalEvent, tasks: list[asyncio.Task[Any]]) -> None:
-        if tasks:
+    async def _until_quiet(self) -> None:
+        await asyncio.sleep(0)  # the dispatch that announced the reload is over
+        while tasks := self._busy():
             await asyncio.wait(tasks)
-            await asyncio.sleep(0)  # their done-callbacks (failures) run first
-        failed = self._failures.pop(id(ev), [])
-        if not self.enabled:
+            await asyncio.sleep(0)  # their done-callbacks (failures, next queued run)
+        failed, self._failed, self._reloads = self._failed, [], 0
+        if not self.enabled or self._stopping:
             return
         if failed:
-            status = f"STATUS=reload on {ev.name} failed: " + "; ".join(failed)
-            _quiet(" ".join(status.split("\n")), "READY=1")
+            status = "STATUS=reload failed: " + "; ".join(failed)
+            _quiet(" ".join(status.replace("\0", " ").split("\n")), "READY=1")
         else:
             _quiet("READY=1")
-
