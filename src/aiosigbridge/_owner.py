@@ -68,14 +68,18 @@ class _Bridged:
     def __init__(self) -> None:
         #: The frame of the call running now (a later call while it runs is nested).
         self._owner: FrameType | None = None
-        self._nested: set[int] = set()
         self._spent_ns = 0  # main-thread CPU time spent in here
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         owner = self._owner
-        if owner is not None and _running(owner):
-            # Python handlers nest: a storm would recurse.  Run it again soon instead.
-            self._nested.add(signum)
+        if (frame is not None and frame.f_code is _CALL_CODE) or (
+            owner is not None and _running(owner)
+        ):
+            # Python handlers nest: a storm would recurse.  Run it again soon instead
+            # (from the timer: a top-level call).  Also when Python interrupted another
+            # call's entry or exit, where the owner is not (or no longer) set: there the
+            # nested call does next to nothing, so that a storm cannot stack them up.
+            lib.sb_redo(signum)
             return
         t0 = _thread_time_ns()
         # Not a depth count: an exception (another signal's handler raising) between
@@ -89,11 +93,6 @@ class _Bridged:
         finally:
             self._spent_ns += _thread_time_ns() - t0
             self._owner = None
-            # After the owner is cleared: a call that nests before it is in the set taken
-            # here; one after it runs itself.  None is lost between the two.
-            nested, self._nested = self._nested, set()
-            for sig in nested:
-                lib.sb_redo(sig)
 
     def _call(self, signum: int, frame: FrameType | None) -> None:
         act = _bridged_fast(signum)
@@ -123,9 +122,12 @@ class _Bridged:
         return "<aiosigbridge.BRIDGED>"
 
 
+_CALL_CODE = _Bridged.__call__.__code__
+
+
 def _running(owner: FrameType) -> bool:
     """Is ``owner`` on the calling thread's stack (a BRIDGED call in progress)?"""
-    f: FrameType | None = sys._getframe(2)
+    f: FrameType | None = sys._getframe(1)
     while f is not None:
         if f is owner:
             return True
