@@ -8,7 +8,7 @@ under a microsecond, reported as is):
     C handler        ev.timestamp_ns
     reader entry     SignalBridge._on_readable called by the loop
     drain returned   lib.sb_drain() back (the C call: read() the pipe + copy records)
-    event built      events_from() back (struct unpack + SignalEvents)
+    event built      the same call (drain_events builds the SignalEvents in C)
     handler start    first line of the handler
 
     python benchmarks/profile_path.py [--loop asyncio|uvloop|both] [--handler coro|sync]
@@ -35,7 +35,7 @@ STAGES = ("C handler", "reader entry", "drain returned", "event built", "handler
 
 def receiver(kind: str, handler: str, total: int, ack: int) -> None:
     import aiosigbridge as asb
-    from aiosigbridge import _bridge, _dispatch, _native
+    from aiosigbridge import _bridge, _native
 
     mono = time.monotonic_ns
     marks = {s: [0] * total for s in STAGES}
@@ -50,28 +50,17 @@ def receiver(kind: str, handler: str, total: int, ack: int) -> None:
 
     _bridge.SignalBridge._on_readable = reader  # type: ignore[method-assign]
 
-    real_lib = _native.lib
 
-    class Lib:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real_lib, name)
+    real_drain = _native.drain_events
 
-        @staticmethod
-        def sb_drain(slot: int, buf: Any, size: int) -> int:
-            r = real_lib.sb_drain(slot, buf, size)
-            if r > 0:
-                cur["drain"] = mono()
-            return int(r)
-
-    _native.lib = Lib()  # type: ignore[assignment]
-    orig_events = _dispatch.events_from
-
-    def events_from(records: Any) -> Any:
-        evs = orig_events(records)
-        cur["event"] = mono()
+    def drain_events(*args: Any) -> Any:
+        # One C call now drains and builds the events: both stages end here.
+        evs = real_drain(*args)
+        if evs:
+            cur["drain"] = cur["event"] = mono()
         return evs
 
-    _dispatch.events_from = events_from  # type: ignore[assignment]
+    _native.drain_events = drain_events
 
     loop = C.new_loop(kind)
     asyncio.set_event_loop(loop)

@@ -8,12 +8,9 @@ import time
 from typing import Any, NamedTuple
 
 from ._clib import (
-    CLD_CODES,
-    RECORD,
     SI_QUEUE,
     SI_UNKNOWN,
     SIGNALS,
-    VALUE_CODES,
     check,
     lib,
     signal_name,
@@ -114,35 +111,10 @@ class SignalEvent(NamedTuple):
 
 
 _SIGNALS = SIGNALS
-_SIGCHLD = int(getattr(signal, "SIGCHLD", 0))
-_new = tuple.__new__
-_unpack = RECORD.iter_unpack
-
-
-def events_from(records: Any) -> list[SignalEvent]:
-    """Turn drained C records (packed as ``RECORD``) into SignalEvents: the hot path,
-    so tuples are built directly rather than through NamedTuple's ``__new__``."""
-    return [
-        _new(
-            SignalEvent,
-            (
-                _SIGNALS.get(signum, signum),
-                code,
-                pid,
-                uid,
-                value if code in VALUE_CODES else None,
-                status if signum == _SIGCHLD and code in CLD_CODES else None,
-                timestamp_ns,
-                coalesced,
-            ),
-        )
-        for timestamp_ns, value, signum, code, pid, uid, status, coalesced in _unpack(records)
-    ]
 
 
 # The drain's fast path (cbits/sb_fastpy.c): a builtin that drains a subscriber and builds
-# its SignalEvents in C, keeping the GIL (events_from() is then for the rare batch larger
-# than a subscriber's buffer).  signum -> Signals member, for 0..64.
+# its SignalEvents in C, keeping the GIL.  signum -> Signals member, for 0..64.
 _SIGNAL_TABLE = tuple(_SIGNALS.get(i, i) for i in range(lib.SB_NSIG))
 _box: list[Any] = []
 check(lib.sb_fastpy_init(id(_box), id(SignalEvent), id(_SIGNAL_TABLE)), "aiosigbridge init")

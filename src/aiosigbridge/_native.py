@@ -17,7 +17,6 @@ from ._clib import (
     DISP_OTHER,
     DISP_OURS,
     MAX_CAPACITY,
-    RECORD,
     STD_RESERVE,
     check,
     disposition,
@@ -26,7 +25,7 @@ from ._clib import (
     signal_name,
     validate_signal,
 )
-from ._event import SignalEvent, drain_events, events_from
+from ._event import SignalEvent, drain_events
 from ._owner import BRIDGED, SignalReplacedWarning, SignalState
 
 
@@ -130,13 +129,14 @@ class Subscription:
         self._buf_len = self.capacity + STD_RESERVE + 1
         self._buf = buf = ffi.new("sb_record[]", self._buf_len)
         self._buf_addr = int(ffi.cast("uintptr_t", buf))
-        chunks = []
         while True:
-            n = lib.sb_drain_records(self.slot, buf, self._buf_len)
-            chunks.append(ffi.buffer(buf, max(n, 0) * RECORD.size)[:])
-            if n < self._buf_len:
+            more: list[SignalEvent] = drain_events(
+                self.slot, self._buf_addr, self._buf_len, False
+            )
+            evs += more
+            if len(more) < self._buf_len:
                 break
-        return sorted(evs + events_from(b"".join(chunks)), key=_timestamp)
+        return sorted(evs, key=_timestamp)
 
     def undrained(self, sig: int) -> int:
         """Deliveries of ``sig`` stored for this subscriber and not drained yet."""
