@@ -12,7 +12,18 @@ gaps so that signals land anywhere in a chunk):
                              the hogging task sees that exception
 
 The interrupt variant reports itself "not available" when add_handler(interrupt=True)
-raises, or when the handler runs but the hogging task is never interrupted.
+raises, or when the handler runs but the hogging task is never interrupted.  It runs
+twice: the sender on the hog's CPU (as a local ``kill`` is) and on the other CPU.  It
+also says where the time goes, from the times at which the bridge's interrupt check ran
+in the receiver (a private hook, wrapped here for the measure only):
+
+    to the check      kill() -> the first check (kernel delivery, the C handler, the
+                      main thread's next bytecode running Python's handler)
+    re-check          first -> last check: the task's HOG_NS of CPU (100 µs by design:
+                      a task that awaits within it gets the interrupt at its await), the
+                      interrupt timer's wake-up, and before 3.13 the GIL hand-over that
+                      makes the main thread see the timer's trip
+    raise             last check -> the task sees the exception
 
     python benchmarks/bench_busy.py [--loop asyncio|uvloop|both] [--quick]
 """
@@ -97,10 +108,24 @@ def receiver(target: str, kind: str, total: int, ack: int) -> None:
             return
 
         handled = [0]
+        stamps: list[int] = []
+        out["stamps"] = stamps
 
         def on_sig(ev: Any) -> None:
             handled[0] += 1
+            stamps.append(ev.timestamp_ns)  # the C handler's CLOCK_MONOTONIC stamp
 
+        from aiosigbridge import _interrupt
+
+        checks: list[int] = []
+        out["checks"] = checks
+        maybe_raise = _interrupt.Interrupts._maybe_raise
+
+        def traced(self: Any, frame: Any) -> None:
+            checks.append(mono())
+            maybe_raise(self, frame)
+
+        _interrupt.Interrupts._maybe_raise = traced  # type: ignore[method-assign]
         try:
             bridge.add_handler(SIG, on_sig, interrupt=True)
         except Exception as exc:
@@ -111,8 +136,15 @@ def receiver(target: str, kind: str, total: int, ack: int) -> None:
         assert task is not None
         C.ready()
         missed = 0
+        settle = False
         while n < total:
             try:
+                if settle:
+                    # Two loop iterations: the reader dispatches the delivery (on_sig
+                    # keeps its C handler's stamp) before the next chunk.
+                    settle = False
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
                 _burn(CHUNK_S)
                 await asyncio.sleep(0)
             except BaseException as exc:
@@ -126,6 +158,7 @@ def receiver(target: str, kind: str, total: int, ack: int) -> None:
                     while task.cancelling():
                         uncancel()
                 record(t)
+                settle = True
                 continue
             if handled[0] > n:
                 # The handler ran, but only after the chunk: no interrupt happened.
@@ -173,37 +206,82 @@ def run_target(target: str, kind: str, quick: bool, scen: tuple[int, int]) -> di
     for k in ("interrupted", "not_interrupted", "exception"):
         if k in res:
             out[k] = res[k]
+    if "checks" in res:
+        out["split"] = split(t0[warmup:m], t1[warmup:m], res["checks"], res.get("stamps", []))
     return out
+
+
+def split(t0: list[int], t1: list[int], checks: list[int], stamps: list[int]) -> dict[str, Any]:
+    """Per delivery, from the interrupt check times between kill() and the raise: kill ->
+    the C handler (its stamp), -> first check, first -> last check, last check -> raise
+    (module docstring)."""
+    import bisect
+
+    checks, stamps = sorted(checks), sorted(stamps)
+    kernel, first, wait, last, count = [], [], [], [], []
+    for a, b in zip(t0, t1, strict=True):
+        i, j = bisect.bisect_left(checks, a), bisect.bisect_right(checks, b)
+        if j <= i:
+            continue
+        k = bisect.bisect_left(stamps, a)
+        if k < len(stamps) and stamps[k] <= checks[i]:
+            kernel.append(stamps[k] - a)
+        first.append(checks[i] - a)
+        wait.append(checks[j - 1] - checks[i])
+        last.append(b - checks[j - 1])
+        count.append(j - i)
+    if not first:
+        return {}
+    return {
+        "to_c_handler": C.summarize_ns(kernel) if kernel else None,
+        "to_check": C.summarize_ns(first),
+        "recheck": C.summarize_ns(wait),
+        "raise": C.summarize_ns(last),
+        "checks_p50": sorted(count)[len(count) // 2],
+    }
 
 
 def run(quick: bool = False, loops: tuple[str, ...] = C.LOOPS) -> dict[str, Any]:
     """Same-CPU scenario (the sender competes with the hog for the CPU, as a local
-    ``kill`` would).  Returns {name: result}."""
+    ``kill`` would), and the interrupt again with the sender on the other CPU
+    (``<loop>/asb-interrupt/diff-cpu``).  Returns {name: result}."""
     C.build_helpers()
-    scen = C.scenarios()["same-cpu"]
+    scens = C.scenarios()
     results: dict[str, Any] = {}
     for kind in loops:
-        for target in TARGETS:
-            name = f"{kind}/{target}"
+        runs = [(f"{kind}/{t}", t, scens["same-cpu"]) for t in TARGETS]
+        if "diff-cpu" in scens:
+            runs.append((f"{kind}/asb-interrupt/diff-cpu", "asb-interrupt", scens["diff-cpu"]))
+        for name, target, scen in runs:
             C.progress(f"busy loop (50 ms chunks): {name}")
             r = run_target(target, kind, quick, scen)
             results[name] = r
             if "lat" in r:
                 s = r["lat"]
                 C.progress(f"    p50 {s['p50'] / 1000:.2f} ms  p99 {s['p99'] / 1000:.2f} ms")
+                if r.get("split"):
+                    C.progress("    " + split_line(r["split"]))
             else:
                 C.progress(f"    {r}")
     return results
 
 
+def split_line(sp: dict[str, Any]) -> str:
+    """p50 / p99 of each part, µs."""
+    parts = [f"{k} {sp[k]['p50']:.0f} / {sp[k]['p99']:.0f} µs"
+             for k in ("to_c_handler", "to_check", "recheck", "raise") if sp.get(k)]  # fmt: skip
+    return ", ".join(parts) + f" ({sp['checks_p50']} checks)"
+
+
 def format_table(results: dict[str, Any]) -> str:
-    lines = [f"{'target':26} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"]
+    lines = [f"{'target':32} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"]
     for name, r in results.items():
         if "lat" in r:
             s = r["lat"]
             lines.append(
-                f"{name:26} {s['n']:5d} {s['p50'] / 1000:8.3f} {s['p99'] / 1000:8.3f} "
+                f"{name:32} {s['n']:5d} {s['p50'] / 1000:8.3f} {s['p99'] / 1000:8.3f} "
                 f"{s['max'] / 1000:8.3f}"
+                + (f"  {split_line(r['split'])}" if r.get("split") else "")
             )
         else:
             lines.append(f"{name:26} not available: {r.get('unavailable') or r.get('error')}")

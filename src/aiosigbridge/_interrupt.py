@@ -43,6 +43,11 @@ _INTERNAL = (os.path.dirname(asyncio.__file__) + os.sep, os.path.dirname(__file_
 #: the task is; the timer looks again then, doubling up to RETRY_MAX_NS.
 HOG_NS = 100_000
 RETRY_MAX_NS = 10_000_000
+#: The timer's re-check lands a little before the task has used all of HOG_NS (its wall
+#: time includes the C handler, BRIDGED and the timer's own wake-up): within this much
+#: of HOG_NS counts as used, or the first re-check would always come too early and the
+#: interrupt wait for the second (at twice the wait).
+HOG_SLACK_NS = 25_000
 #: Other deliveries since the interrupt past which the main thread counts as busy with a
 #: signal storm rather than hogged by the task.
 QUIET = 2
@@ -52,7 +57,7 @@ QUIET = 2
 #: only when it next takes the GIL, which the timer forces by asking for it: granted after
 #: the switch interval (5 ms by default).  While an interrupt waits for its re-check, the
 #: interval is lowered to this, then put back (unless someone else changed it meanwhile).
-QUICK_SWITCH_S = 0.0002
+QUICK_SWITCH_S = 0.00005
 _quick_holders: set[int] = set()
 _saved_switch: float | None = None
 
@@ -191,7 +196,7 @@ class Interrupts:
         for rec, cpu0, calls0, wait in self._hot:
             if rec.event is not None or rec.target.done() or rec.target is not current:
                 continue  # dispatched (cancelled at its await), or it left the CPU
-            hog = cpu - cpu0 >= HOG_NS and lib.sb_deliveries() - calls0 <= QUIET
+            hog = cpu - cpu0 >= HOG_NS - HOG_SLACK_NS and lib.sb_deliveries() - calls0 <= QUIET
             if to_raise is None and hog and can_raise_in(frame, current):
                 to_raise = asyncio.CancelledError(f"{_chain._PREFIX} {signal_name(rec.signum)}")
             if to_raise is not None:
@@ -199,8 +204,10 @@ class Interrupts:
                 continue
             if lib.sb_deliveries() - calls0 > QUIET:  # a storm: its next await it is
                 continue
-            hot.append((rec, cpu0, calls0, min(wait * 2, RETRY_MAX_NS)))
-        self._hot = hot
+            hot.append((rec, cpu0, calls0, wait))
+        # The next re-check comes after the first one's wait (HOG_NS after the signal),
+        # and each one after that waits twice as long as the one before.
+        self._hot = [(r, c0, n0, min(w * 2, RETRY_MAX_NS)) for r, c0, n0, w in hot]
         _quick_switch(self, bool(hot))
         if hot:
             rec, _, _, wait = hot[0]
