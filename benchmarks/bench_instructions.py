@@ -37,6 +37,9 @@ zeroes only the calling thread; hence the dumps at the poll.)
 Targets (the C handler):
 
     python/signal       signal.signal() handler, main thread in select.poll()  (CPython's)
+    <loop>/pipe-cb      the loop floor: a C handler writes a byte to a pipe, the loop's
+                        reader callback for it (what any loop-based delivery costs
+                        after the kernel: wake-up, poll, one callback)  (cg_pipe_handler)
     <loop>/stock-cb     loop.add_signal_handler(sig, callback)                  (CPython's)
     <loop>/asb-sync     aiosigbridge: def handler(ev)                           (sb_handler)
     <loop>/asb-coro     aiosigbridge: async def handler(ev), its first line     (sb_handler)
@@ -76,7 +79,12 @@ DUMPS = C.OUT / "callgrind"
 MARK_FN = "os_getppid"  # the handler's first line: MARK() = os.getppid()
 ZERO_FN = "os_sched_yield"  # the marker's calibration: ZERO(); MARK()
 #: The process's C handler for the signal (its inclusive cost is reported apart).
-C_HANDLER = {"signal": "signal_handler", "stock-cb": "signal_handler", "asb": "sb_handler"}
+C_HANDLER = {
+    "signal": "signal_handler",
+    "stock-cb": "signal_handler",
+    "pipe-cb": "cg_pipe_handler",
+    "asb": "sb_handler",
+}
 ASB = ("asb-sync", "asb-coro", "asb-rx")
 #: The libc calls an idle loop sleeps in: each opens a new dump (one per loop iteration).
 POLL_FNS = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect")
@@ -91,7 +99,7 @@ def targets(loops: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(name, target, loop kind)."""
     out = [("python/signal", "signal", "asyncio")]
     for kind in loops:
-        out += [(f"{kind}/{t}", t, kind) for t in ("stock-cb", *ASB)]
+        out += [(f"{kind}/{t}", t, kind) for t in ("pipe-cb", "stock-cb", *ASB)]
     return out
 
 
@@ -147,6 +155,22 @@ def receiver(target: str, kind: str, total: int, calib: int, ack: int) -> None:
             os.write(ack, b"a")
             if n == total:
                 done.set_result(None)
+
+        if target == "pipe-cb":
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+            def on_pipe() -> None:
+                MARK()
+                os.read(r, 64)
+                got()
+
+            ctypes.CDLL(str(CG_CLIENT)).cg_install_pipe_handler(SIG, w)
+            loop.add_reader(r, on_pipe)
+            _instrument(calib)
+            C.ready()
+            await done
+            loop.remove_reader(r)
+            return
 
         if target == "stock-cb":
 

@@ -10,6 +10,21 @@
 The receiver (one loop, one bridge) is pinned to the first CPU, the senders to the
 second where there is one, so the figure is what one loop on one core dispatches.
 
+What the machine allows (the physical bound each figure is read against):
+
+* ``c/sink-<kind>``: the same storm against a C process whose handler does nothing and
+  whose main line wakes every 1 ms, as an idle loop would: its longest stall and its
+  wake-ups during the storm are what any receiver's main line gets.  While the senders
+  keep the kernel's queue non-empty, the kernel delivers the next signal at every return
+  to user space, so no main line runs until the storm ends: 0 events/s can be
+  dispatched during it, whatever the dispatcher costs.
+* each row's load = receiver CPU per delivery x delivery rate (CPU seconds per second):
+  how much of its one CPU the deliveries alone take.
+* ``<loop>/rt-paced``: the senders paced to PACED_RATE signals/s in all, a rate the
+  receiver's CPU can absorb (load well under 1): the ≥ 50k events/s target is read there.
+  The receiver's own loop also keeps a 1 ms ticker, whose longest stall is reported
+  next to the C sink's.
+
     python benchmarks/bench_storm.py [--loop asyncio|uvloop|both] [--quick]
 """
 
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -29,17 +45,21 @@ from typing import Any
 import _common as C
 
 SENDERS = 3
+#: Signals/s of the paced storm, all senders together (above the 50k events/s target).
+PACED_RATE = 60_000
 BURST = 1000  # below the default ring capacity (1024): nothing overflows
 BURSTS = 20
 
 
 def durations(quick: bool) -> dict[str, int]:
     """Storm length in ms per kind."""
-    return {"rt": 300, "std": 200} if quick else {"rt": 2000, "std": 1000}
+    if quick:
+        return {"rt": 300, "std": 200, "rt-paced": 300}
+    return {"rt": 2000, "std": 1000, "rt-paced": 1000}
 
 
 def _sig(kind: str) -> int:
-    return int(signal.SIGRTMIN) if kind == "rt" else int(signal.SIGUSR2)
+    return int(signal.SIGUSR2) if kind == "std" else int(signal.SIGRTMIN)
 
 
 # -- receiver process -------------------------------------------------------------------
@@ -107,17 +127,26 @@ def receiver(loop_kind: str, kind: str) -> None:
                 line.set_result(bytes(buf))
 
         loop.add_reader(0, on_stdin)
+        ticks: list[int] = []
+
+        async def ticker() -> None:  # the main line's progress, as the C sink measures it
+            while True:
+                ticks.append(mono())
+                await asyncio.sleep(0.001)
+
+        tick_task = loop.create_task(ticker())
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         C.ready()
         _, sent_s, start_s, end_s = (await line).split()[:4]
         sent, start, end = int(sent_s), int(start_s), int(end_s)
         loop.remove_reader(0)
+        tick_task.cancel()
         # Let the loop finish what is pending: until the counts add up or nothing moves.
         deadline = time.monotonic() + 5
         prev = -1
         while time.monotonic() < deadline:
             st = bridge.stats()[sig]
-            if kind == "rt" and st.delivered + st.overflowed >= sent:
+            if kind != "std" and st.delivered + st.overflowed >= sent:
                 break
             if kind == "std" and st.received == prev and state["coalesced_sum"] >= st.received:
                 break
@@ -138,6 +167,12 @@ def receiver(loop_kind: str, kind: str) -> None:
             "coalesced_sum": state["coalesced_sum"],
             # dispatched while the senders were sending, and the window's length
             "events_in_storm": sum(1 for t in times if start <= t <= end),
+            "ticks_in_storm": sum(1 for t in ticks if start <= t <= end),
+            # the longest stretch without a tick that overlaps the storm
+            "stall_ms": max(
+                (b - a for a, b in itertools.pairwise(ticks) if b >= start and a <= end),
+                default=0,
+            ) / 1e6,
             "storm_s": (end - start) / 1e9,
             "cpu_s": cpu,
             "dispatch_capacity_per_s": cap,
@@ -149,6 +184,61 @@ def receiver(loop_kind: str, kind: str) -> None:
 
 
 # -- orchestration ----------------------------------------------------------------------
+
+
+def _senders(pid: int, kind: str, duration_ms: int, cpu: int) -> list[subprocess.Popen[str]]:
+    rate = str(PACED_RATE // SENDERS) if kind == "rt-paced" else "0"
+    return [
+        subprocess.Popen(
+            [str(C.C_FLOOR), "storm", str(pid), str(_sig(kind)), str(duration_ms),
+             "0" if kind == "std" else "1", rate],
+            stdout=subprocess.PIPE,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+            text=True,
+        )
+        for _ in range(SENDERS)
+    ]  # fmt: skip
+
+
+def _sent(senders: list[subprocess.Popen[str]]) -> tuple[int, int]:
+    sent = eagain = 0
+    for s in senders:
+        o, _ = s.communicate(timeout=60)
+        a, b = (int(x) for x in o.split()[:2])
+        sent += a
+        eagain += b
+    return sent, eagain
+
+
+def run_sink(kind: str, duration_ms: int) -> dict[str, Any]:
+    """The same storm against c_floor's sink (module docstring)."""
+    c = C.cpus()
+    before, after = 200, 300  # ms of quiet main line around the storm
+    sink = subprocess.Popen(
+        [str(C.C_FLOOR), "sink", str(_sig(kind)), str(before + duration_ms + after)],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.sched_setaffinity(0, {c[0]}),
+        text=True,
+    )
+    assert sink.stdout is not None
+    if sink.stdout.readline().strip() != "READY":
+        sink.kill()
+        return {"error": "c_floor sink did not start"}
+    time.sleep(before / 1000)
+    t0 = time.monotonic()
+    sent, eagain = _sent(_senders(sink.pid, kind, duration_ms, c[-1]))
+    storm_s = time.monotonic() - t0
+    out, _ = sink.communicate(timeout=60)
+    handled, ticks, window, stall = (int(x) for x in out.split()[:4])
+    return {
+        "sent": sent,
+        "eagain": eagain,
+        "received": handled,
+        "storm_s": window / 1e9 or storm_s,
+        "ticks_in_storm": ticks,
+        "stall_ms": stall / 1e6,
+        "delivery_rate": handled / (window / 1e9) if window else 0.0,
+    }
 
 
 def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
@@ -167,22 +257,7 @@ def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
         recv.kill()
         return {"error": "receiver did not start"}
     t_start = time.monotonic_ns()  # the senders start now (give or take their exec)
-    senders = [
-        subprocess.Popen(
-            [str(C.C_FLOOR), "storm", str(recv.pid), str(_sig(kind)), str(duration_ms),
-             "1" if kind == "rt" else "0"],
-            stdout=subprocess.PIPE,
-            preexec_fn=lambda: os.sched_setaffinity(0, {send_cpu}),
-            text=True,
-        )
-        for _ in range(SENDERS)
-    ]  # fmt: skip
-    sent = eagain = 0
-    for s in senders:
-        o, _ = s.communicate(timeout=60)
-        a, b = (int(x) for x in o.split()[:2])
-        sent += a
-        eagain += b
+    sent, eagain = _sent(_senders(recv.pid, kind, duration_ms, send_cpu))
     t_end = time.monotonic_ns()
     recv.stdin.write(f"DONE {sent} {t_start} {t_end}\n")
     recv.stdin.flush()
@@ -199,7 +274,8 @@ def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
     res["events_per_s"] = res["events_in_storm"] / res["storm_s"] if res["storm_s"] > 0 else 0.0
     res["events_per_cpu_s"] = res["events"] / res["cpu_s"] if res["cpu_s"] > 0 else 0.0
     res["cpu_us_per_signal"] = res["cpu_s"] * 1e6 / max(res["received"], 1)
-    if kind == "rt":
+    res["delivery_rate"] = res["received"] / res["storm_s"] if res["storm_s"] > 0 else 0.0
+    if kind != "std":
         res["lost"] = res["sent"] - res["delivered"] - res["overflowed"]
     else:
         res["kernel_coalesced"] = res["sent"] - res["received"]
@@ -210,6 +286,13 @@ def run_storm(loop_kind: str, kind: str, duration_ms: int) -> dict[str, Any]:
 def run(quick: bool = False, loops: tuple[str, ...] = C.LOOPS) -> dict[str, Any]:
     C.build_helpers()
     results: dict[str, Any] = {}
+    for kind in ("rt", "std"):  # the machine's bound first (module docstring)
+        ms = durations(quick)[kind]
+        C.progress(f"storm c/sink-{kind}: {SENDERS} senders for {ms} ms against a C no-op")
+        r = results[f"c/sink-{kind}"] = run_sink(kind, ms)
+        if "error" not in r:
+            C.progress(f"    main line: longest stall {r['stall_ms']:.0f} ms, "
+                       f"{r['ticks_in_storm']} wake-ups in {r['storm_s']:.2f} s")  # fmt: skip
     for loop_kind in loops:
         for kind, ms in durations(quick).items():
             name = f"{loop_kind}/{kind}"
@@ -221,25 +304,38 @@ def run(quick: bool = False, loops: tuple[str, ...] = C.LOOPS) -> dict[str, Any]
             else:
                 C.progress(
                     f"    sent {r['sent']} events {r['events']} overflowed {r['overflowed']} "
-                    f"lost {r['lost']}  {r['events_per_s']:.0f} events/s"
+                    f"lost {r['lost']}  {r['events_per_s']:.0f} events/s, load "
+                    f"{load(r):.2f}, longest stall {r['stall_ms']:.0f} ms"
                 )
     return results
+
+
+def load(r: dict[str, Any]) -> float:
+    """Receiver CPU per delivery x delivery rate: CPU seconds per second."""
+    return float(r["cpu_us_per_signal"] * r["delivery_rate"] / 1e6)
 
 
 def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"{'storm':16} {'sent':>9} {'received':>9} {'events':>9} {'overflow':>9} "
-        f"{'coalesced':>9} {'lost':>5} {'events/s':>9} {'cpu us/sig':>10} {'capacity/s':>10}"
+        f"{'coalesced':>9} {'lost':>5} {'events/s':>9} {'cpu us/sig':>10} {'capacity/s':>10} "
+        f"{'load':>5} {'stall ms':>8}"
     ]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"{name:16} {r['error']}")
             continue
+        if name.startswith("c/"):
+            lines.append(
+                f"{name:16} {r['sent']:9d} {r['received']:9d} {'-':>9} {'-':>9} {'-':>9} "
+                f"{'-':>5} {'-':>9} {'-':>10} {'-':>10} {'-':>5} {r['stall_ms']:8.0f}"
+            )
+            continue
         lines.append(
             f"{name:16} {r['sent']:9d} {r['received']:9d} {r['events']:9d} "
             f"{r['overflowed']:9d} {r['coalesced']:9d} {r['lost']:5d} "
             f"{r['events_per_s']:9.0f} {r['cpu_us_per_signal']:10.2f} "
-            f"{r['dispatch_capacity_per_s']:10.0f}"
+            f"{r['dispatch_capacity_per_s']:10.0f} {load(r):5.2f} {r['stall_ms']:8.0f}"
         )
     return "\n".join(lines)
 
@@ -247,7 +343,7 @@ def format_table(results: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--role", default="orchestrator", choices=("orchestrator", "receiver"))
-    ap.add_argument("--kind", default="rt", choices=("rt", "std"))
+    ap.add_argument("--kind", default="rt", choices=("rt", "std", "rt-paced"))
     ap.add_argument("--loop", default="both", choices=("asyncio", "uvloop", "both"))
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()

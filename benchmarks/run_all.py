@@ -159,42 +159,65 @@ def busy_md(busy: dict[str, Any]) -> list[str]:
 
 def storm_md(storm: dict[str, Any]) -> list[str]:
     out = [
-        f"\n### Storm: {bench_storm.SENDERS} sender processes, as fast as they can\n",
+        f"\n### Storm: {bench_storm.SENDERS} sender processes, as fast as they can "
+        f"(`rt-paced`: {bench_storm.PACED_RATE:,} signals/s in all)\n",
         "| loop/kind | sent | received (C) | events | overflowed | coalesced | lost "
-        "| events/s during storm | receiver CPU µs/signal | dispatch capacity events/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| events/s during storm | receiver CPU µs/signal | load (CPU µs/signal x rate) "
+        "| main line's longest stall ms | dispatch capacity events/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in storm.items():
         if "error" in r:
-            out.append(f"| {name} | error: {r['error']} |||||||||")
+            out.append(f"| {name} | error: {r['error']} ||||||||||")
+            continue
+        if name.startswith("c/"):
+            out.append(
+                f"| {name} (C no-op handler) | {r['sent']} | {r['received']} | - | - | - | - "
+                f"| - | - | - | {_f(r['stall_ms'], 0)} | - |"
+            )
             continue
         cap = _f(r["dispatch_capacity_per_s"], 0) if r["dispatch_capacity_per_s"] else "-"
-        cpu = _f(r["cpu_us_per_signal"], 2) if name.endswith("/rt") else "-"
+        std = name.endswith("/std")
         out.append(
             f"| {name} | {r['sent']} | {r['received']} | {r['events']} | {r['overflowed']} "
-            f"| {r['coalesced'] if name.endswith('/std') else r['coalesced_sum'] - r['events']} "
-            f"| {r['lost']} | {_f(r['events_per_s'], 0)} | {cpu} | {cap} |"
+            f"| {r['coalesced'] if std else r['coalesced_sum'] - r['events']} "
+            f"| {r['lost']} | {_f(r['events_per_s'], 0)} | {_f(r['cpu_us_per_signal'], 2)} "
+            f"| {_f(bench_storm.load(r), 2)} | {_f(r['stall_ms'], 0)} | {cap} |"
         )
     return out
+
+
+def gil_bound(fan: dict[str, Any], name: str) -> float | None:
+    """The least p50 (µs) at which all N loops can have started their handler: one
+    loop's latency plus the other loops' CPU per delivery, which runs one loop at a
+    time (each loop's dispatch holds the GIL): lat(1) + (CPU(N) - CPU(1))."""
+    kind, n = name.split("/")
+    one, r = fan.get(f"{kind}/1", {}), fan.get(name, {})
+    if "lat_all" not in one or "lat_all" not in r or n == "1":
+        return None
+    extra = max(0.0, r["cpu_us_per_signal"] - one["cpu_us_per_signal"])
+    return float(one["lat_all"]["p50"] + extra)
 
 
 def fanout_md(fan: dict[str, Any]) -> list[str]:
     out = [
         "\n### Fan-out: N loops in threads, coroutine handler each, same CPU (µs)\n",
         "| loop/N | all woken p50 | all woken p99 | first p50 | vs 1 loop p50 | vs 1 loop p99 "
-        "| CPU µs/signal |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| CPU µs/signal | GIL bound p50 (vs 1 loop) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in fan.items():
         if "error" in r:
-            out.append(f"| {name} | error: {r['error']} ||||||")
+            out.append(f"| {name} | error: {r['error']} |||||||")
             continue
         one = fan.get(name.split("/")[0] + "/1", {}).get("lat_all", {})
         a = r["lat_all"]
+        b = gil_bound(fan, name)
+        bound = "-" if b is None else f"{_f(b)} ({_x(C.ratio(b, one.get('p50')))})"
         out.append(
             f"| {name} | {_f(a['p50'])} | {_f(a['p99'])} | {_f(r['lat_first']['p50'])} "
             f"| {_x(C.ratio(a['p50'], one.get('p50')))} "
-            f"| {_x(C.ratio(a['p99'], one.get('p99')))} | {_f(r['cpu_us_per_signal'])} |"
+            f"| {_x(C.ratio(a['p99'], one.get('p99')))} | {_f(r['cpu_us_per_signal'])} | {bound} |"
         )
     return out
 

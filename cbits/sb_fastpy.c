@@ -8,6 +8,7 @@
  * (sb_fastpy_init), as the owner's calls hand theirs.
  *
  *   drain_events(slot, buf_address, buf_len, read_pipe) -> list[SignalEvent]
+ *   needs_check(expected) -> bool       the owner's per-drain look (_owner.needs_check)
  *
  * buf_address/buf_len: the subscription's record buffer (cffi-owned).  A list of
  * buf_len events means more realtime records wait: the caller drains the rest. */
@@ -19,6 +20,7 @@
 #include <stdint.h>
 
 #include "sb_internal.h"
+#include "sb_owner.h"
 
 static PyObject *g_event_type;  /* SignalEvent (a tuple subclass) */
 static PyObject *g_signals;     /* tuple: index n -> signal.Signals member or int */
@@ -124,11 +126,42 @@ static PyObject *main_handler_ns(PyObject *self, PyObject *unused)
     return PyLong_FromLongLong(sb_main_handler_ns());
 }
 
+/* needs_check(expected) -> bool: the per-drain look of _owner.needs_check() in one call
+ * (it cost more than the drain as cffi calls and a generator): did the C handler ask for
+ * a check, is a held signal's C action not ours while Python's table does not hold
+ * BRIDGED, or is a table entry of `expected` ({signum: the entry the owner expects}) not
+ * what it expects?  _signal.getsignal runs no Python code, so `expected` cannot change
+ * under the iteration (we hold the GIL throughout). */
+static PyObject *needs_check(PyObject *self, PyObject *expected)
+{
+    (void)self;
+    if (!PyDict_Check(expected)) {
+        PyErr_SetString(PyExc_TypeError, "needs_check(expected): a dict");
+        return NULL;
+    }
+    if (sb_take_check_needed() || sb_actions_changed(1))
+        Py_RETURN_TRUE;
+    if (sbo_getsignal_fn == NULL) /* before the owner's init: let the full check look */
+        return PyBool_FromLong(PyDict_Size(expected) > 0);
+    Py_ssize_t pos = 0;
+    PyObject *sig, *want;
+    while (PyDict_Next(expected, &pos, &sig, &want)) {
+        PyObject *cur = PyObject_CallFunctionObjArgs(sbo_getsignal_fn, sig, NULL);
+        if (cur == NULL)
+            return NULL;
+        Py_DECREF(cur); /* only its identity is compared; `want` keeps the object alive */
+        if (cur != want)
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef g_defs[] = {
     {"drain_events", (PyCFunction)(void (*)(void))drain_events, METH_FASTCALL,
      "drain_events(slot, buf_address, buf_len, read_pipe)"},
     {"bridged_fast", bridged_fast, METH_O, "bridged_fast(sig)"},
     {"main_handler_ns", main_handler_ns, METH_NOARGS, "main_handler_ns()"},
+    {"needs_check", needs_check, METH_O, "needs_check(expected)"},
 };
 #define SB_NFAST ((int)(sizeof g_defs / sizeof g_defs[0]))
 

@@ -260,6 +260,10 @@ class SignalBridge(Dispatcher):
             rxs = self._receivers.get(sig, ())
         active = [h for h in regs if h.active]
         interrupting = sum(1 for h in active if h.interrupt is not False)
+        if interrupting:
+            _owner.interrupting.add((id(self), sig))
+        else:
+            _owner.interrupting.discard((id(self), sig))
         flags = 0
         if active or rxs:
             flags = _owner.WATCH | (_owner.FAST if self._fast else 0)

@@ -69,6 +69,12 @@ class Dispatcher:
         if self._backlog:
             self._backlog.extend(evs)
             self._pump()
+        elif len(evs) == 1:  # the common case, without _deliver's frame
+            try:
+                self._dispatch(evs[0])
+            except BaseException:
+                self._keep_rest(evs, 0)
+                raise
         else:
             self._deliver(evs)
         if _owner.needs_check():
@@ -90,26 +96,37 @@ class Dispatcher:
         if self._backlog:
             self._backlog.extend(evs)
             self._pump()
+        elif len(evs) == 1:
+            try:
+                self._dispatch(evs[0])
+            except BaseException:
+                self._keep_rest(evs, 0)
+                raise
         else:
             self._deliver(evs)
 
     def _deliver(self, evs: list[SignalEvent]) -> None:
-        i = 0
+        i = 0  # by hand, not enumerate(): this runs per delivery, mostly for one event
         try:
-            for i, ev in enumerate(evs):  # noqa: B007 - i is read by the except clause
+            for ev in evs:
                 self._dispatch(ev)
-        except BaseException:
-            # KeyboardInterrupt/SystemExit from a handler: it propagates, the rest waits.
-            rest: deque[SignalEvent | Partial] = deque()
-            if self._partial is not None:
-                rest.append(self._partial)
                 i += 1
-            self._partial = None
-            rest.extend(evs[i:])
-            rest.extend(self._backlog)
-            self._backlog = rest
-            self._resume_later()
+        except BaseException:
+            self._keep_rest(evs, i)
             raise
+
+    def _keep_rest(self, evs: list[SignalEvent], i: int) -> None:
+        """KeyboardInterrupt/SystemExit from a handler of ``evs[i]``: it propagates, the
+        rest (that event's remaining handlers, the events after it) waits in the backlog."""
+        rest: deque[SignalEvent | Partial] = deque()
+        if self._partial is not None:
+            rest.append(self._partial)
+            i += 1
+        self._partial = None
+        rest.extend(evs[i:])
+        rest.extend(self._backlog)
+        self._backlog = rest
+        self._resume_later()
 
     def _pump(self) -> None:
         """Dispatch the backlog, oldest first."""
@@ -195,7 +212,7 @@ class Dispatcher:
             return
         if result is None:
             return
-        if type(result) is not types.CoroutineType:
+        if type(result) is not _CoroutineType:
             if not inspect.isawaitable(result):
                 return
             result = _await(result)
@@ -227,6 +244,9 @@ class Dispatcher:
         if h.pending and h.active and not h.running and not self._closed:
             next_ev, next_recs = h.pending.popleft()
             self._run(h, next_ev, next_recs)
+
+
+_CoroutineType = types.CoroutineType
 
 
 async def _await(aw: Awaitable[Any]) -> Any:

@@ -22,16 +22,16 @@ from typing import Any
 __all__ = ["start_task"]
 
 _Task = asyncio.Task
+_new = object.__new__
+_copy_context = contextvars.copy_context
+_PY311 = sys.version_info >= (3, 11)
 _current_task = asyncio.tasks.current_task
 
 
-def start_task(
+def _start_task_eager(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str
 ) -> asyncio.Task[Any]:
-    """Wrap ``coro`` in a task and run it up to its first suspension, now."""
-    if sys.version_info >= (3, 12):
-        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)
-    return _start_task_by_hand(loop, coro, name)  # pragma: no cover - 3.10/3.11 only
+    return asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg,unused-ignore]
 
 
 class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
@@ -49,11 +49,15 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
     #: before that step: its values are replayed at the task's first step.
     _replay: contextvars.Context | None = None
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self._coro = coro
-        # For asyncio's task repr: the real coroutine's names.
-        self.__name__ = name = getattr(coro, "__name__", type(coro).__name__)
-        self.__qualname__ = getattr(coro, "__qualname__", name)
+    #: The real coroutine (set right after object.__new__: no __init__ frame per delivery).
+    _coro: Coroutine[Any, Any, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        # For asyncio's task repr: the real coroutine's __name__ and __qualname__, looked
+        # up when a repr asks (not set per delivery).
+        if name in ("__name__", "__qualname__"):
+            return getattr(self._coro, name)
+        raise AttributeError(name)
 
     def _replay_context(self) -> None:
         ctx, self._replay = self._replay, None
@@ -119,11 +123,12 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
 def _start_task_by_hand(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str
 ) -> asyncio.Task[Any]:
-    wrapper = _Resume(coro)
-    ctx = contextvars.copy_context()
+    wrapper = _new(_Resume)  # no __init__ frame: the one attribute set here
+    wrapper._coro = coro
+    ctx = _copy_context()
     # asyncio.Task itself, as 3.12's eager start does (not loop.create_task(), whose
     # uvloop form formats a default name and then sets ours).
-    if sys.version_info >= (3, 11):
+    if _PY311:
         task = _Task(wrapper, loop=loop, name=name, context=ctx)
     else:
         task = _Task(wrapper, loop=loop, name=name)
@@ -159,3 +164,8 @@ def _start_task_by_hand(
         if outer is not None and _current_task(loop) is None:
             enter(loop, outer)
     return task
+
+
+#: Wrap ``coro`` in a task and run it up to its first suspension, now:
+#: ``start_task(loop, coro, name) -> asyncio.Task``.
+start_task = _start_task_eager if sys.version_info >= (3, 12) else _start_task_by_hand

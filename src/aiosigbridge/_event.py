@@ -123,4 +123,6 @@ drain_events: Any = _box[0][2]
 #: time in our C handler, without cffi's GIL release around each call.
 bridged_fast: Any = _box[1][2]
 main_handler_ns: Any = _box[2][2]
+#: The owner's per-drain look (_owner.needs_check), in one call.
+needs_check_fast: Any = _box[3][2]
 del _box

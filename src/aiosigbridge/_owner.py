@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from ._clib import check, ffi, is_main_thread, lib, signal_name
 from ._event import bridged_fast as _bridged_fast
 from ._event import main_handler_ns as _main_handler_ns
+from ._event import needs_check_fast as _needs_check_fast
 
 WATCH: int = lib.SB_WANT_WATCH
 CONSUME: int = lib.SB_WANT_CONSUME
@@ -80,6 +81,13 @@ class _Bridged:
             # call's entry or exit, where the owner is not (or no longer) set: there the
             # nested call does next to nothing, so that a storm cannot stack them up.
             lib.sb_redo(signum)
+            return
+        if not interrupting:  # nobody reads task_cpu_ns: no clock_gettime system calls
+            self._owner = sys._getframe()
+            try:
+                self._call(signum, frame)
+            finally:
+                self._owner = None
             return
         t0 = _thread_time_ns()
         # Not a depth count: an exception (another signal's handler raising) between
@@ -139,6 +147,11 @@ def _running(owner: FrameType) -> bool:
 #: current call: what the code it interrupts used itself (the interrupt hook's measure
 #: of a task hogging the CPU).
 task_cpu_ns = 0
+#: (id(bridge), signum) of each signal a bridge has an ``interrupt=`` registration for:
+#: BRIDGED measures its own CPU time (task_cpu_ns) only while there is one.  (Only
+#: differences of task_cpu_ns within one interrupt are read, so the calls not measured
+#: before do not matter.)
+interrupting: set[tuple[int, int]] = set()
 BRIDGED = _Bridged()
 _python_hook: Callable[[int, FrameType | None, bool], None] | None = None
 
@@ -241,11 +254,10 @@ def needs_check() -> bool:
     """Cheap, per drain: did Python code change the table of a held signal, is one
     replaced (it may have been put back since), or did the C handler see its action
     changed by C code (put back without SA_SIGINFO, or another handler over it)?"""
-    if _replaced or _pending_warnings or lib.sb_take_check_needed():
-        return True
-    if lib.sb_actions_changed(1):  # a table entry not BRIDGED: a put-back shows only here
-        return True
-    return any(_raw_getsignal(sig) is not want for sig, want in list(_expected.items()))
+    # In C (sb_fastpy.c): the C handler's request, a held signal's action not ours where
+    # the table does not hold BRIDGED (a put-back shows only there), a table entry not
+    # the expected one.
+    return bool(_replaced or _pending_warnings or _needs_check_fast(_expected))
 
 
 def actions_changed() -> bool:
