@@ -30,6 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 C_FLOOR = OUT / "c_floor"
+PIPE_HANDLER = OUT / "pipe_handler.so"
 MALLOC_COUNT = OUT / "malloc_count.so"
 LOOPS = ("asyncio", "uvloop")
 
@@ -59,6 +60,16 @@ def build_helpers() -> None:
     counter into benchmarks/out/ (gitignored), when missing or older than the source."""
     _build(HERE / "c_floor.c", C_FLOOR, [])
     _build(HERE / "malloc_count.c", MALLOC_COUNT, ["-shared", "-fPIC"])
+    _build(HERE / "pipe_handler.c", PIPE_HANDLER, ["-shared", "-fPIC"])
+
+
+def install_pipe_handler(sig: int, fd: int) -> None:
+    """The loop floor's C handler (pipe_handler.c): each ``sig`` writes a byte to ``fd``."""
+    import ctypes
+
+    if ctypes.CDLL(str(PIPE_HANDLER)).pipe_handler_install(sig, fd) != 0:
+        msg = f"pipe_handler_install({sig}, {fd}) failed"
+        raise OSError(msg)
 
 
 # -- CPU placement ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ Targets (the C handler):
     python/signal       signal.signal() handler, main thread in select.poll()  (CPython's)
     <loop>/pipe-cb      the loop floor: a C handler writes a byte to a pipe, the loop's
                         reader callback for it (what any loop-based delivery costs
-                        after the kernel: wake-up, poll, one callback)  (cg_pipe_handler)
+                        after the kernel: wake-up, poll, one callback)  (pipe_handler)
     <loop>/stock-cb     loop.add_signal_handler(sig, callback)                  (CPython's)
     <loop>/asb-sync     aiosigbridge: def handler(ev)                           (sb_handler)
     <loop>/asb-coro     aiosigbridge: async def handler(ev), its first line     (sb_handler)
@@ -82,7 +82,7 @@ ZERO_FN = "os_sched_yield"  # the marker's calibration: ZERO(); MARK()
 C_HANDLER = {
     "signal": "signal_handler",
     "stock-cb": "signal_handler",
-    "pipe-cb": "cg_pipe_handler",
+    "pipe-cb": "pipe_handler",
     "asb": "sb_handler",
 }
 ASB = ("asb-sync", "asb-coro", "asb-rx")
@@ -164,7 +164,7 @@ def receiver(target: str, kind: str, total: int, calib: int, ack: int) -> None:
                 os.read(r, 64)
                 got()
 
-            ctypes.CDLL(str(CG_CLIENT)).cg_install_pipe_handler(SIG, w)
+            C.install_pipe_handler(SIG, w)
             loop.add_reader(r, on_pipe)
             _instrument(calib)
             C.ready()

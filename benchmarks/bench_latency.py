@@ -6,6 +6,9 @@ is idle in its loop when each signal arrives.  Targets:
 
     c/floor                  C sigwaitinfo() (the floor; no handler at all)
     python/signal            signal.signal() handler, main thread in select.poll()
+    <loop>/pipe-cb           the loop floor: a C handler writes a byte to a pipe, the
+                             loop's reader callback (pipe_handler.c): what any delivery
+                             through a loop costs, whatever the library
     <loop>/stock-cb          loop.add_signal_handler(sig, callback)
     <loop>/stock-coro        loop.add_signal_handler(sig, lambda: loop.create_task(coro()))
     <loop>/asb-sync          aiosigbridge: def handler(ev)
@@ -32,7 +35,7 @@ from typing import Any
 import _common as C
 
 SIG = int(signal.SIGUSR1)
-STOCK = ("stock-cb", "stock-coro")
+STOCK = ("pipe-cb", "stock-cb", "stock-coro")
 ASB = ("asb-sync", "asb-coro", "asb-rx")
 
 
@@ -87,6 +90,20 @@ def receiver(target: str, kind: str, total: int, ack: int) -> None:
             if n == total:
                 done.set_result(None)
 
+        if target == "pipe-cb":
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+            def on_pipe() -> None:
+                t = mono()
+                os.read(r, 64)
+                record(t)
+
+            C.install_pipe_handler(SIG, w)
+            loop.add_reader(r, on_pipe)
+            C.ready()
+            await done
+            loop.remove_reader(r)
+            return
         if target == "stock-cb":
 
             def cb() -> None:

@@ -277,7 +277,10 @@ static void slot_reset_storage(sb_slot *s)
     atomic_store(&s->head, 0);
     s->tail = 0;
     atomic_store(&s->std_pending, 0);
-    memset(s->std, 0, sizeof s->std);
+    /* A slot never used is all zero already (static storage): not written, its pages
+     * stay untouched (out of the process's RSS) until a delivery writes an entry. */
+    if (s->gen != 0)
+        memset(s->std, 0, sizeof s->std);
     for (int sig = 0; sig < SB_NSIG; sig++) {
         atomic_store(&s->bank[sig], 0);
         atomic_store(&s->bank_busy[0][sig], 0);

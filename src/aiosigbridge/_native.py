@@ -8,6 +8,7 @@ is subscribed), and the names the rest of the package takes from the C layer.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from . import _owner
 from ._clib import (
@@ -93,10 +94,11 @@ class Subscription:
         self.capacity = capacity
         self.closed = False
         # Room for every standard signal's events (they always come in one drain) and
-        # up to 256 realtime records; more grow the buffer (see drain()).
-        self._buf_len = min(capacity, 256) + STD_RESERVE + 1
-        self._buf = ffi.new("sb_record[]", self._buf_len)
-        self._buf_addr = int(ffi.cast("uintptr_t", self._buf))
+        # up to 64 realtime records; more grow the buffer (see drain()).  Made at the
+        # first drain: a bridge that never gets a signal does not pay for it.
+        self._buf_len = min(capacity, 64) + STD_RESERVE + 1
+        self._buf: Any = None
+        self._buf_addr = 0
         registry.subscriptions.add(self)
 
     def demand(self, sig: int, flags: int, ops: _owner.Ops | None = None) -> None:
@@ -118,6 +120,9 @@ class Subscription:
         order.  One call into C that builds the events itself (``_event.drain_events``)
         in the common case.  With ``read_pipe=False`` the wake-up byte stays for the
         loop's reader."""
+        if not self._buf_addr:
+            self._buf = ffi.new("sb_record[]", self._buf_len)
+            self._buf_addr = int(ffi.cast("uintptr_t", self._buf))
         evs: list[SignalEvent] = drain_events(
             self.slot, self._buf_addr, self._buf_len, read_pipe
         )
