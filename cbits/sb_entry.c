@@ -95,9 +95,14 @@ int sb_demand(int slot, uint32_t gen, int sig, int flags, int is_main, uintptr_t
     if (is_main)
         sbo_pay_debts(&c);
     /* The slot records the signal from before our action goes in, and stops before it
-     * goes: a delivery is never taken by our handler and stored nowhere. */
+     * goes: a delivery is never taken by our handler and stored nowhere.  Consuming: on
+     * before forwarding stops, off after it starts again, so that a delivery the slot
+     * recorded while it consumed is never also forwarded (the handler decides by what
+     * it recorded, not by the forward flag it reads later). */
     if (flags & SB_WANT_WATCH)
         sb_slot_watch(slot, sig, 1);
+    if ((flags & SB_WANT_WATCH) && (flags & SB_WANT_CONSUME))
+        sb_slot_consume(slot, sig, 1);
     rc = sbo_reconcile(&c, sig, is_main);
     if (rc < 0) {
         o->demand[slot] = (uint8_t)old;
@@ -105,6 +110,8 @@ int sb_demand(int slot, uint32_t gen, int sig, int flags, int is_main, uintptr_t
     } else {
         commit(&c, ops);
     }
+    if (!(o->demand[slot] & SB_WANT_WATCH) || !(o->demand[slot] & SB_WANT_CONSUME))
+        sb_slot_consume(slot, sig, 0);
     if (!(o->demand[slot] & SB_WANT_WATCH))
         sb_slot_watch(slot, sig, 0);
     int end = sbo_change_end(&c);
@@ -127,6 +134,7 @@ int sb_unsubscribe(int slot, uint32_t gen, int is_main, uintptr_t box)
         if (sbo_own[sig].demand[slot] == 0)
             continue;
         sbo_own[sig].demand[slot] = 0;
+        sb_slot_consume(slot, sig, 0); /* what it records from here is not consumed */
         sb_slot_watch(slot, sig, 0);
         sbo_reconcile(&c, sig, is_main);
     }

@@ -18,6 +18,7 @@
 typedef struct {
     _Atomic int held;       /* some subscriber watches it: record, forward, chain */
     _Atomic int forward;    /* PyErr_SetInterruptEx: Python's table holds a callable */
+    _Atomic int forward_hook; /* ... for BRIDGED's hook: forwarded even when consumed */
     _Atomic int chain;      /* call the original (a foreign C handler) after recording */
     _Atomic int oneshot;    /* the original had SA_RESETHAND: it runs once */
     _Atomic int oneshot_fired;
@@ -61,11 +62,13 @@ void sb_owner_after_fork_child(void); /* sb_owner.c: locks re-initialised */
 
 /* storage (sb_storage.c) */
 /* Record one delivery for every subscriber watching `sig` and wake each: async-signal-
- * safe.  `info` NULL: no siginfo (code SB_SI_UNKNOWN). */
-void sb_store(int sig, const siginfo_t *info, int64_t ts);
+ * safe.  `info` NULL: no siginfo (code SB_SI_UNKNOWN).  1: a subscriber whose demand
+ * consumes `sig` recorded it. */
+int sb_store(int sig, const siginfo_t *info, int64_t ts);
 int sb_slot_valid(int slot);
 uint32_t sb_slot_gen(int slot);
 int sb_slot_watch(int slot, int sig, int on);
+int sb_slot_consume(int slot, int sig, int on);
 int sb_slot_release(int slot);
 void sb_storage_after_fork_child(void);
 void sb_storage_fork_lock(int lock);

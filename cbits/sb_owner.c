@@ -93,12 +93,9 @@ int sbo_union_demand(int sig)
 static int settle_flags(int sig, int u)
 {
     sb_own *o = &sbo_own[sig];
-    int fwd;
-    if (o->table_bridged)
-        fwd = (u & (SB_WANT_PYLEVEL | SB_WANT_FAST)) ||
-              (o->orig_callable && !(u & SB_WANT_CONSUME));
-    else
-        fwd = o->orig_callable && !(u & SB_WANT_CONSUME);
+    int hook = o->table_bridged && (u & (SB_WANT_PYLEVEL | SB_WANT_FAST));
+    int fwd = hook || (o->orig_callable && !(u & SB_WANT_CONSUME));
+    atomic_store(&g_sig[sig].forward_hook, hook);
     atomic_store(&g_sig[sig].forward, fwd);
     const struct sigaction *orig = sb_original(sig);
     int orig_handler = orig != NULL && !sb_is_dfl_or_ign(orig);

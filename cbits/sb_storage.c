@@ -59,6 +59,7 @@ typedef struct {
     _Atomic int busy;      /* handlers currently using it */
     _Atomic int woken;     /* a wake byte is in the pipe and no drain has begun since */
     _Atomic uint64_t mask; /* bit (sig - 1): watched */
+    _Atomic uint64_t consume; /* bit (sig - 1): its demand consumes it (no forward) */
     int wfd;               /* written before `active` is set: stable while busy */
     int rfd;
     sb_cell *cells;
@@ -210,8 +211,9 @@ static int std_push(sb_slot *s, int sig, const sb_record *rec)
     return 1;
 }
 
-void sb_store(int sig, const siginfo_t *info, int64_t ts)
+int sb_store(int sig, const siginfo_t *info, int64_t ts)
 {
+    int consumed = 0;
     sb_record rec;
     fill_record(&rec, sig, info, ts);
     uint64_t bit = (uint64_t)1 << (sig - 1);
@@ -225,6 +227,10 @@ void sb_store(int sig, const siginfo_t *info, int64_t ts)
         if (atomic_load_explicit(&s->active, memory_order_seq_cst) &&
             (atomic_load_explicit(&s->mask, memory_order_relaxed) & bit)) {
             atomic_fetch_add_explicit(&s->received[sig], 1, memory_order_relaxed);
+            /* Read in the same look as the mask: whether this delivery was consumed is
+             * decided by what the recording subscriber wanted when it recorded it. */
+            if (atomic_load_explicit(&s->consume, memory_order_seq_cst) & bit)
+                consumed = 1;
             int kept = queued ? ring_push(s, &rec) : std_push(s, sig, &rec);
             if (kept)
                 atomic_fetch_add_explicit(&s->undrained[sig], 1, memory_order_relaxed);
@@ -241,6 +247,7 @@ void sb_store(int sig, const siginfo_t *info, int64_t ts)
         }
         atomic_fetch_sub_explicit(&s->busy, 1, memory_order_seq_cst);
     }
+    return consumed;
 }
 
 static int make_pipe(int fds[2])
@@ -336,6 +343,7 @@ int sb_subscribe(uint32_t capacity, int *read_fd)
     s->gen++;
     atomic_store(&s->woken, 0);
     atomic_store(&s->mask, 0);
+    atomic_store(&s->consume, 0);
     atomic_store(&s->active, 1); /* publishes the fields above to handlers */
     if (slot + 1 > atomic_load(&g_slot_count))
         atomic_store(&g_slot_count, slot + 1);
@@ -369,6 +377,21 @@ int sb_slot_watch(int slot, int sig, int on)
     return 0;
 }
 
+/* The owner: does this subscriber's demand for sig consume it (SB_WANT_CONSUME)? */
+int sb_slot_consume(int slot, int sig, int on)
+{
+    if (!sb_slot_valid(slot))
+        return -EBADF;
+    if (!sb_valid_sig(sig))
+        return -EINVAL;
+    uint64_t bit = (uint64_t)1 << (sig - 1);
+    if (on)
+        atomic_fetch_or(&g_slots[slot].consume, bit);
+    else
+        atomic_fetch_and(&g_slots[slot].consume, ~bit);
+    return 0;
+}
+
 /* Called by the owner (sb_unsubscribe) once the slot's demands are dropped. */
 int sb_slot_release(int slot)
 {
@@ -379,6 +402,7 @@ int sb_slot_release(int slot)
     }
     sb_slot *s = &g_slots[slot];
     atomic_store(&s->mask, 0);
+    atomic_store(&s->consume, 0);
     atomic_store(&s->active, 0);
     /* Wait for handlers that saw the slot active to leave it.  Each holds it for a
      * bounded, short time; new ones see active == 0.  Bounded wait (about 1 s): if a
@@ -551,6 +575,7 @@ void sb_storage_after_fork_child(void)
         sb_slot *s = &g_slots[i];
         atomic_store(&s->active, 0);
         atomic_store(&s->mask, 0);
+        atomic_store(&s->consume, 0);
         atomic_store(&s->busy, 0);
         if (s->cells != NULL) {
             close(s->rfd);

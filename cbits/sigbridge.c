@@ -318,17 +318,23 @@ static void sb_handler(int sig, siginfo_t *info, void *uctx)
     }
     atomic_fetch_add_explicit(&g->received, 1, memory_order_relaxed);
 
-    /* 2. record, and 4. wake each subscriber: state first, byte second (sb_storage.c). */
-    sb_store(sig, info, ts);
+    /* 2. record, and 4. wake each subscriber: state first, byte second (sb_storage.c).
+     * `consumed`: a subscriber whose demand consumes sig recorded it. */
+    int consumed = sb_store(sig, info, ts);
 
     /* 3. Python's own machinery, only while Python's table holds a callable for sig
      * (the owner sets `forward` only then) and the action is not SIG_DFL/SIG_IGN now
      * (signal.signal() changes the action before the table: an action that is
      * SIG_DFL/IGN means a table about to say so).  During a change of process-wide
      * state (g_hold) the forward is owed, and paid when the change ends, so that no
-     * Python-level handler runs in the middle of it. */
-    if (atomic_load_explicit(&g->forward, memory_order_acquire) && have_cur &&
-        !sb_is_dfl_or_ign(&cur)) {
+     * Python-level handler runs in the middle of it.
+     * Not a delivery a consuming subscriber recorded (unless forwarded for BRIDGED's
+     * hook): once recorded, the subscriber may act on it and let go of the signal
+     * before this handler gets here (run() in another thread ends on it), and the
+     * forward flag then says what holds for the next delivery, not for this one. */
+    if (atomic_load_explicit(&g->forward, memory_order_seq_cst) &&
+        (!consumed || atomic_load_explicit(&g->forward_hook, memory_order_seq_cst)) &&
+        have_cur && !sb_is_dfl_or_ign(&cur)) {
         atomic_store(&g->owed, 1);
         if (!atomic_load(&g_hold) && atomic_exchange(&g->owed, 0))
             sb_forward(sig);

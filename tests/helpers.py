@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 from typing import Any
 
 TIMEOUT = 5.0
@@ -86,3 +89,22 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
 
 
 PID = os.getpid()
+
+
+def wait_not_pending(pid: int, sig: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until ``sig`` is no longer pending in process ``pid`` (its
+    /proc status ShdPnd): delivered, so that the next one sent is a delivery of its own,
+    not coalesced with it.  A process that ended counts as delivered."""
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fields = dict(ln.split(":", 1) for ln in status.read_text().splitlines())
+        except OSError:
+            return  # gone
+        with contextlib.suppress(KeyError, ValueError):
+            if "zombie" in fields["State"] or not int(fields["ShdPnd"], 16) >> (sig - 1) & 1:
+                return
+        time.sleep(0.001)
+    msg = f"signal {sig} still pending in process {pid} after {timeout} s"
+    raise AssertionError(msg)

@@ -18,6 +18,8 @@ import pytest
 
 import aiosigbridge as asb
 
+from .helpers import wait_not_pending
+
 LOOPS = ["asyncio", "uvloop"]
 
 PRELUDE = """
@@ -67,6 +69,11 @@ class Child:
 
     def kill(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
+
+    def kill_delivered(self, sig: int) -> None:
+        """Send ``sig``, then wait (bounded) until it is delivered (helpers.wait_not_pending)."""
+        self.kill(sig)
+        wait_not_pending(self.proc.pid, sig)
 
     def finish(self, timeout: float = 20.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
@@ -307,8 +314,7 @@ def test_third_signal_kills_a_process_stuck_in_c(loop: str, tmp_path: Path) -> N
     child.expect("READY")
     child.expect("SPINNING")  # written by spin() itself, from C
     for _ in range(3):
-        child.kill(signal.SIGTERM)
-        time.sleep(0.05)  # three separate deliveries, not one coalesced pending signal
+        child.kill_delivered(signal.SIGTERM)  # three deliveries, not one coalesced
     rc, _, _ = child.finish(timeout=10)
     assert rc == -signal.SIGTERM
 
