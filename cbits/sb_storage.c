@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -363,33 +364,32 @@ uint32_t sb_slot_gen(int slot)
     return slot >= 0 && slot < SB_MAX_SLOTS ? g_slots[slot].gen : 0;
 }
 
-int sb_slot_watch(int slot, int sig, int on)
+/* Set or clear sig's bit in one of a valid slot's masks (mask: its offset). */
+static int slot_bit(int slot, int sig, int on, size_t mask)
 {
     if (!sb_slot_valid(slot))
         return -EBADF;
     if (!sb_valid_sig(sig))
         return -EINVAL;
     uint64_t bit = (uint64_t)1 << (sig - 1);
+    _Atomic uint64_t *m = (_Atomic uint64_t *)((char *)&g_slots[slot] + mask);
     if (on)
-        atomic_fetch_or(&g_slots[slot].mask, bit);
+        atomic_fetch_or(m, bit);
     else
-        atomic_fetch_and(&g_slots[slot].mask, ~bit);
+        atomic_fetch_and(m, ~bit);
     return 0;
+}
+
+/* The owner: does this subscriber record sig (SB_WANT_WATCH)? */
+int sb_slot_watch(int slot, int sig, int on)
+{
+    return slot_bit(slot, sig, on, offsetof(sb_slot, mask));
 }
 
 /* The owner: does this subscriber's demand for sig consume it (SB_WANT_CONSUME)? */
 int sb_slot_consume(int slot, int sig, int on)
 {
-    if (!sb_slot_valid(slot))
-        return -EBADF;
-    if (!sb_valid_sig(sig))
-        return -EINVAL;
-    uint64_t bit = (uint64_t)1 << (sig - 1);
-    if (on)
-        atomic_fetch_or(&g_slots[slot].consume, bit);
-    else
-        atomic_fetch_and(&g_slots[slot].consume, ~bit);
-    return 0;
+    return slot_bit(slot, sig, on, offsetof(sb_slot, consume));
 }
 
 /* Called by the owner (sb_unsubscribe) once the slot's demands are dropped. */
