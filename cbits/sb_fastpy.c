@@ -139,8 +139,11 @@ static PyObject *needs_check(PyObject *self, PyObject *expected)
         PyErr_SetString(PyExc_TypeError, "needs_check(expected): a dict");
         return NULL;
     }
+    /* PyBool_FromLong, not Py_RETURN_TRUE: 3.12/3.13 headers expand that to a bare
+     * `return Py_True` even under Py_LIMITED_API 3.10, a reference short on 3.10/3.11
+     * (this abi3 module may be built by one and loaded by the other). */
     if (sb_take_check_needed() || sb_actions_changed(1))
-        Py_RETURN_TRUE;
+        return PyBool_FromLong(1);
     if (sbo_getsignal_fn == NULL) /* before the owner's init: let the full check look */
         return PyBool_FromLong(PyDict_Size(expected) > 0);
     Py_ssize_t pos = 0;
@@ -151,9 +154,9 @@ static PyObject *needs_check(PyObject *self, PyObject *expected)
             return NULL;
         Py_DECREF(cur); /* only its identity is compared; `want` keeps the object alive */
         if (cur != want)
-            Py_RETURN_TRUE;
+            return PyBool_FromLong(1);
     }
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(0);
 }
 
 static PyMethodDef g_defs[] = {

@@ -180,6 +180,7 @@ static void *timer_main(void *arg)
     pthread_mutex_lock(&g_timer_lock);
     for (;;) {
         int64_t now = sb_now_ns(), next = 0;
+        int tripped = 0;
         for (int sig = 1; sig < SB_NSIG; sig++) {
             int64_t at = g_timer_at[sig];
             if (at == 0)
@@ -191,10 +192,18 @@ static void *timer_main(void *arg)
                 pthread_mutex_unlock(&g_timer_lock);
                 timer_trip(sig, kind);
                 pthread_mutex_lock(&g_timer_lock);
+                tripped = 1;
             } else if (next == 0 || at < next) {
                 next = at;
             }
         }
+        /* The lock was let go for a trip: what came in meanwhile is not in `next` (a slot
+         * this pass had looked at already: the trip's own verify, or the main thread's
+         * next re-check or redo, which on 3.13 often comes before timer_trip returns),
+         * and its signal came while nobody waited.  Sleeping now would sleep on it for
+         * good (the missed interrupt of a CPU-bound task): look again first. */
+        if (tripped)
+            continue;
         if (next == 0) {
             pthread_cond_wait(&g_timer_cond, &g_timer_lock);
         } else {

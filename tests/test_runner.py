@@ -192,16 +192,6 @@ def test_sigint_keeps_the_runner_contract(loop: str) -> None:
     assert rc in (-signal.SIGINT, 1, 130), (rc, err)
 
 
-# Open bug (closing note of stop 12): on 3.13, about 1 run in 25-40 on a loaded machine,
-# the CPU-bound main is not interrupted and the process ends only by the grace expiry.
-_OPEN_313 = pytest.mark.xfail(
-    sys.version_info >= (3, 13),
-    reason="open: on 3.13 the interrupt of a CPU-bound main is sometimes missed under load",
-    strict=False,
-)
-
-
-@_OPEN_313
 @pytest.mark.parametrize("loop", LOOPS)
 def test_cpu_bound_main_is_interrupted(loop: str) -> None:
     """A main task that never awaits is interrupted by the first SIGTERM."""

@@ -499,16 +499,6 @@ def test_ctrl_c_to_run_in_a_worker_thread_reaches_the_main_thread_once(loop: str
     assert not wrong, f"{len(wrong)} of {rounds} rounds wrong: {wrong}"
 
 
-# Open bug (closing note of stop 12): on 3.13, about 1 run in 25-40 on a loaded machine,
-# the CPU-bound main is not interrupted and the process ends only by the grace expiry.
-_OPEN_313 = pytest.mark.xfail(
-    sys.version_info >= (3, 13),
-    reason="open: on 3.13 the interrupt of a CPU-bound main is sometimes missed under load",
-    strict=False,
-)
-
-
-@_OPEN_313
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("other_thread", ["idle", "busy"])
 def test_cpu_bound_main_is_interrupted_promptly(loop: str, other_thread: str) -> None:
