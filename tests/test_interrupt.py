@@ -71,6 +71,35 @@ async def test_interrupts_a_task_hogging_the_cpu() -> None:
     assert any(f"sent by pid {os.getpid()}" in n for n in notes), notes
 
 
+async def test_interrupt_recorded_then_registration_removed_still_lands() -> None:
+    """A delivery recorded for an interrupt= registration that is removed right after
+    (``with add_handler(..., interrupt=True): phase1()`` where the signal lands at the
+    end of phase1) still interrupts the task inside its CPU-bound code that follows,
+    though no interrupt= registration is left anywhere."""
+    bridge = asb.get_bridge()
+    keep = bridge.add_handler(SIG, lambda ev: None)  # SIG stays bridged after the removal
+    finished_loop: list[bool] = []
+
+    async def hog() -> None:
+        with bridge.add_handler(SIG, lambda ev: None, interrupt=True):
+            os.kill(os.getpid(), SIG)  # Python's handler runs at the next bytecode
+            x = 0
+            for _ in range(100):
+                x += 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # never awaits
+            pass
+        finished_loop.append(True)
+
+    try:
+        with pytest.raises(asyncio.CancelledError) as info:
+            await asyncio.ensure_future(hog())
+        assert "interrupted by SIGUSR1" in str(interrupted(info.value))
+        assert finished_loop == []  # left the loop by the interrupt, not by the deadline
+    finally:
+        keep.remove()
+
+
 async def test_interrupt_given_task_with_sender_in_message() -> None:
     """interrupt=task cancels that task at its await; the message names the sender."""
     waiting = asyncio.ensure_future(asyncio.sleep(60))

@@ -64,6 +64,12 @@ _saved_switch: float | None = None
 
 def _quick_switch(holder: object, want: bool) -> None:
     global _saved_switch
+    # Whoever waits for a re-check needs BRIDGED to keep measuring the task's CPU time,
+    # even once no interrupt= registration is left (it was removed after the signal).
+    if want:
+        _owner.rechecking.add(id(holder))
+    else:
+        _owner.rechecking.discard(id(holder))
     if sys.version_info >= (3, 13):
         return
     if want:
@@ -90,6 +96,7 @@ def _put_back_switch() -> None:
 def _fork_child() -> None:
     """A forked child's bridges are gone: so are their re-checks."""
     _quick_holders.clear()
+    _owner.rechecking.clear()
     _put_back_switch()
 
 

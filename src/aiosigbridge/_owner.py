@@ -82,7 +82,7 @@ class _Bridged:
             # nested call does next to nothing, so that a storm cannot stack them up.
             lib.sb_redo(signum)
             return
-        if not interrupting:  # nobody reads task_cpu_ns: no clock_gettime system calls
+        if not interrupting and not rechecking:  # nobody reads task_cpu_ns: no clock calls
             self._owner = sys._getframe()
             try:
                 # _call's common case inline (one Python frame less per delivery)
@@ -157,10 +157,13 @@ def _running(owner: FrameType) -> bool:
 #: of a task hogging the CPU).
 task_cpu_ns = 0
 #: (id(bridge), signum) of each signal a bridge has an ``interrupt=`` registration for:
-#: BRIDGED measures its own CPU time (task_cpu_ns) only while there is one.  (Only
+#: BRIDGED measures its own CPU time (task_cpu_ns) only while there is one, or while an
+#: interrupt already recorded waits for its re-check (``rechecking``).  (Only
 #: differences of task_cpu_ns within one interrupt are read, so the calls not measured
 #: before do not matter.)
 interrupting: set[tuple[int, int]] = set()
+#: id() of each bridge's interrupts waiting for a re-check (_interrupt): measured too.
+rechecking: set[int] = set()
 BRIDGED = _Bridged()
 _python_hook: Callable[[int, FrameType | None, bool], None] | None = None
 
