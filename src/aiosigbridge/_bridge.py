@@ -264,6 +264,8 @@ class SignalBridge(Dispatcher):
             _owner.interrupting.add((id(self), sig))
         else:
             _owner.interrupting.discard((id(self), sig))
+        if not (active or rxs):
+            self.interrupts.forget(sig)
         flags = 0
         if active or rxs:
             flags = _owner.WATCH | (_owner.FAST if self._fast else 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import contextlib
 import contextvars
 import sys
 from collections.abc import Coroutine, Generator
@@ -31,7 +32,19 @@ _current_task = asyncio.tasks.current_task
 def _start_task_eager(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str
 ) -> asyncio.Task[Any]:
-    return asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    # Made and initialised apart: when the first step raises KeyboardInterrupt or
+    # SystemExit, an eager Task raises it from its constructor and also holds it, and
+    # would log it as "never retrieved" once dropped.  It propagates, as from a sync
+    # handler; the task's copy is marked retrieved.
+    task: asyncio.Task[Any] = _Task.__new__(_Task)
+    try:
+        task.__init__(coro, loop=loop, name=name, eager_start=True)  # type: ignore[misc,call-arg,unused-ignore]
+    except BaseException:
+        with contextlib.suppress(Exception):  # not initialised that far: nothing held
+            if task.done() and not task.cancelled():
+                task.exception()
+        raise
+    return task
 
 
 class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
@@ -41,7 +54,7 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
     # Per-instance state starts as these class defaults (one task per delivery: the
     # fewer attributes set in __init__, the shorter the path).
     _started = False
-    _state = "running"  # after the eager step: "suspended", "returned", "raised"
+    _state = "running"  # after the eager step: "suspended", "returned", "raised", "ended"
     _first: Any = None
     _result: Any = None
     _exc: BaseException | None = None
@@ -75,11 +88,13 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
                 assert self._exc is not None
                 exc, self._exc = self._exc, None
                 raise exc
+            if self._state == "ended":  # KeyboardInterrupt/SystemExit went to the caller
+                raise asyncio.CancelledError
             return self._first
         return self._coro.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        if not self._started and self._state in ("returned", "raised"):
+        if not self._started and self._state in ("returned", "raised", "ended"):
             # The eager step already finished the coroutine: a real eager task would be
             # done, and a cancel() of a done task does nothing.
             return self.send(None)
@@ -155,6 +170,12 @@ def _start_task_by_hand(
     except StopIteration as stop:
         wrapper._state = "returned"
         wrapper._result = stop.value
+    except (KeyboardInterrupt, SystemExit):
+        # As from 3.12's eager start (and from a sync handler): it propagates from here,
+        # now.  The task, already scheduled, ends cancelled at its first step (3.12's
+        # holds the exception, marked retrieved): it reaches nobody a second time.
+        wrapper._state = "ended"
+        raise
     except BaseException as exc:  # the task reports it, as an eager Task would
         wrapper._state = "raised"
         wrapper._exc = exc

@@ -93,6 +93,16 @@ def _put_back_switch() -> None:
         _saved_switch = None
 
 
+def no_main_loop() -> None:
+    """Python's handler ran with no loop running in the main thread (it stopped, or was
+    closed, while an interrupt waited for its re-check): no re-check can raise anything
+    until a loop runs again, so the switch interval is put back now (a later re-check
+    lowers it again), not when the bridge closes."""
+    _quick_holders.clear()
+    _owner.rechecking.clear()
+    _put_back_switch()
+
+
 def _fork_child() -> None:
     """A forked child's bridges are gone: so are their re-checks."""
     _quick_holders.clear()
@@ -194,6 +204,14 @@ class Interrupts:
             pending.append(rec)
             if target is current:
                 self._hot.append((rec, cpu, lib.sb_deliveries(), HOG_NS))
+
+    def forget(self, sig: int) -> None:
+        """The bridge no longer watches ``sig``: its interrupts waiting for a re-check
+        are not re-checked (no trip of a released signal would come to do it; a recorded
+        interrupt still cancels its task at dispatch, at the task's next await)."""
+        if self._hot:
+            self._hot = [e for e in self._hot if e[0].signum != sig]
+            _quick_switch(self, bool(self._hot))
 
     def _maybe_raise(self, frame: FrameType | None) -> None:
         current = asyncio.current_task(self._loop)

@@ -11,7 +11,7 @@ import types
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from . import _owner
+from . import _interrupt, _owner
 from ._bridge import SignalBridge
 from ._handlers import Handler, HandlerHandle, Policy
 from ._native import DEFAULT_CAPACITY
@@ -159,6 +159,7 @@ def _python_signal_hook(signum: int, frame: types.FrameType | None, retrip: bool
     called from the loop's _run_once), the dispatch itself, ahead of the reader."""
     loop = asyncio._get_running_loop()
     if loop is None:
+        _interrupt.no_main_loop()
         return
     bridge = _bridges.get(loop)
     if bridge is None or bridge.closed:
