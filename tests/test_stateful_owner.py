@@ -256,6 +256,10 @@ class OwnerMachine(RuleBasedStateMachine):
         go = threading.Event()
         sender = threading.Thread(target=lambda: (go.wait(5), os.kill(PID, send)))
         before = [h for h in self.handlers if h.active and h.sig == send]
+        # Put back by other code and not taken again yet: the registration racing the
+        # send is what takes it back (add() clears ``pending``), so the send may land
+        # before that, while the action other code put back (SIG_IGN here) is in place.
+        was_pending = send in self.pending
         if add:
             sender.start()
             go.set()
@@ -272,7 +276,7 @@ class OwnerMachine(RuleBasedStateMachine):
             self.other_expected[send] += 1
         else:
             for h in {id(h): h for h in [*before, *self.active(send)]}.values():
-                racing = h is target or send in self.pending
+                racing = h is target or was_pending or send in self.pending
                 (h.optional if racing else h.expected).append((send, asb.SI_USER, None))
         self.settle()
 
