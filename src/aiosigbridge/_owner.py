@@ -82,29 +82,22 @@ class _Bridged:
             # nested call does next to nothing, so that a storm cannot stack them up.
             lib.sb_redo(signum)
             return
-        if not interrupting and not rechecking:  # nobody reads task_cpu_ns: no clock calls
-            self._owner = sys._getframe()
-            try:
-                # _call's common case inline (one Python frame less per delivery)
-                act = _bridged_fast(signum)
-                if act < 0:
-                    self._call_full(signum, frame)
-                elif act & _B_HOOK and _python_hook is not None:
-                    _python_hook(signum, frame, False)
-            finally:
-                self._owner = None
-            return
-        t0 = _thread_time_ns()
+        # The task's CPU time (task_cpu_ns) is read only for an interrupt: without one
+        # registered or waiting for its re-check, no clock_gettime system calls.
+        measure = bool(interrupting or rechecking)
+        t0 = _thread_time_ns() if measure else 0
         # Not a depth count: an exception (another signal's handler raising) between
         # here and the try would leave a count set for good; a frame that is no longer
         # running is not an owner.
         self._owner = sys._getframe()
         try:
-            global task_cpu_ns
-            task_cpu_ns = t0 - self._spent_ns - _main_handler_ns()
+            if measure:
+                global task_cpu_ns
+                task_cpu_ns = t0 - self._spent_ns - _main_handler_ns()
             self._call(signum, frame)
         finally:
-            self._spent_ns += _thread_time_ns() - t0
+            if measure:
+                self._spent_ns += _thread_time_ns() - t0
             self._owner = None
 
     def _call(self, signum: int, frame: FrameType | None) -> None:
