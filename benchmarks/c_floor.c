@@ -219,21 +219,17 @@ static int role_sink(int sig, long duration_ms)
     sigprocmask(SIG_BLOCK, &set, NULL);
     int64_t first = g_sink_first, lastsig = g_sink_last, stall = 0;
     long in_storm = 0;
-    for (long i = 0; i < n; i++) {
-        if (g_wakes[i] < first || g_wakes[i] > lastsig)
-            continue;
-        in_storm++;
-        int64_t prev = i > 0 ? g_wakes[i - 1] : first;
-        if (prev < first)
-            prev = first;
-        if (g_wakes[i] - prev > stall)
-            stall = g_wakes[i] - prev;
-    }
     if (first != 0) {
+        /* The longest stretch of [first signal, last signal] without a wake-up. */
         int64_t prev = first;
-        for (long i = 0; i < n; i++)
-            if (g_wakes[i] <= lastsig)
-                prev = g_wakes[i] > first ? g_wakes[i] : first;
+        for (long i = 0; i < n; i++) {
+            if (g_wakes[i] < first || g_wakes[i] > lastsig)
+                continue;
+            in_storm++;
+            if (g_wakes[i] - prev > stall)
+                stall = g_wakes[i] - prev;
+            prev = g_wakes[i];
+        }
         if (lastsig - prev > stall)
             stall = lastsig - prev;
     }

@@ -308,14 +308,16 @@ def test_interrupt_while_a_handler_task_starts_does_not_wedge(loop: str) -> None
     assert "Cannot enter into task" not in r["stderr"], r["stderr"][-3000:]
 
 
-KI_FIRST_STEP = """
-import asyncio, gc, json, os, signal, sys
+# A child's loop, of the kind argv[1] names.
+NEW_LOOP = """
+import asyncio, sys
+import uvloop
+loop = (uvloop.new_event_loop if sys.argv[1] == "uvloop" else asyncio.new_event_loop)()
+"""
+
+KI_FIRST_STEP = NEW_LOOP + """
+import gc, json, os, signal
 import aiosigbridge as asb
-if sys.argv[1] == "uvloop":
-    import uvloop
-    loop = uvloop.new_event_loop()
-else:
-    loop = asyncio.new_event_loop()
 calls, rounds = [], []
 
 async def first(ev):
@@ -381,14 +383,9 @@ def test_keyboard_interrupt_in_an_async_handlers_first_step(loop: str) -> None:
     assert "never retrieved" not in r["stderr"], r["stderr"][-3000:]
 
 
-SWITCH_AFTER_STOP = """
-import asyncio, json, os, signal, sys, time
+SWITCH_AFTER_STOP = NEW_LOOP + """
+import json, os, signal, time
 import aiosigbridge as asb
-if sys.argv[1] == "uvloop":
-    import uvloop
-    loop = uvloop.new_event_loop()
-else:
-    loop = asyncio.new_event_loop()
 orig = sys.getswitchinterval()
 
 async def setup():
